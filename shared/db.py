@@ -1,0 +1,224 @@
+"""Postgres access with psycopg 3.
+
+Why psycopg 3 (not asyncpg): its pipeline mode lets a user's request run as
+BEGIN + claims + query + COMMIT in ONE network round trip; `prepare_threshold=None` keeps
+it safe behind Supavisor's transaction pooler; COPY is first-class for the seeder; and its
+import cost (~60 ms beyond what pydantic/asyncio already load) is paid only on first use.
+
+A user's request runs in one transaction that sets `role authenticated` and
+`request.jwt.claims` locally, exactly as PostgREST does, so RLS holds even if handler code
+is wrong. Service work (webhooks, the orchestrator) says so explicitly with `service`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from shared import errors
+from shared.context import Principal
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    from shared.settings import CoreSettings
+
+_CLAIMS_SQL = (
+    "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true), "
+    "set_config('request.jwt.claim.sub', %s, true), set_config('statement_timeout', %s, true)"
+)
+
+
+def claims_json(principal: Principal) -> str:
+    claims = dict(principal.claims) if principal.claims else {}
+    claims.setdefault("sub", principal.user_id)
+    claims.setdefault("role", principal.role)
+    return json.dumps(claims, separators=(",", ":"), default=str)
+
+
+def _unavailable(exc: BaseException) -> errors.AppError:
+    from psycopg import errors as pg_errors
+
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return errors.DependencyTimeout("the database did not answer in time", code="DATABASE_TIMEOUT")
+    return errors.ServiceUnavailable("the database is unavailable", code="DATABASE_UNAVAILABLE")
+
+
+class Database:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        read_dsn: str | None = None,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        statement_timeout_ms: int = 5000,
+        acquire_timeout: float = 3.0,
+    ) -> None:
+        self.dsn = dsn
+        self.read_dsn = read_dsn
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = str(statement_timeout_ms)
+        self.acquire_timeout = acquire_timeout
+        self._pool: AsyncConnectionPool | None = None
+        self._read_pool: AsyncConnectionPool | None = None
+        #: network round trips made through the helpers (benchmarks read it)
+        self.round_trips = 0
+
+    @classmethod
+    def from_settings(cls, s: CoreSettings) -> Database:
+        return cls(
+            s.require("database_url"),
+            read_dsn=s.database_read_url,
+            max_size=s.db_pool_max,
+            connect_timeout=s.db_connect_timeout_s,
+            statement_timeout_ms=s.db_statement_timeout_ms,
+        )
+
+    def _make_pool(self, dsn: str) -> AsyncConnectionPool:
+        from psycopg_pool import AsyncConnectionPool
+
+        return AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=self.max_size,
+            open=False,
+            timeout=self.acquire_timeout,
+            max_idle=300,
+            reconnect_timeout=0,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": None,  # Supavisor transaction mode: no prepared statements
+                "connect_timeout": max(1, int(self.connect_timeout)),
+            },
+        )
+
+    async def pool(self, read_only: bool = False) -> AsyncConnectionPool:
+        if read_only and self.read_dsn:
+            if self._read_pool is None:
+                self._read_pool = self._make_pool(self.read_dsn)
+                await self._read_pool.open(wait=False)
+            return self._read_pool
+        if self._pool is None:
+            self._pool = self._make_pool(self.dsn)
+            await self._pool.open(wait=False)
+        return self._pool
+
+    async def close(self) -> None:
+        for p in (self._pool, self._read_pool):
+            if p is not None:
+                await p.close()
+        self._pool = self._read_pool = None
+
+    # -- one round trip ----------------------------------------------------------------
+
+    async def fetch(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        principal: Principal | None = None,
+        service: bool = False,
+        read_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Run one statement in its own transaction, as the user (RLS) or as the service
+        role, in one network round trip (psycopg pipeline mode)."""
+        from psycopg.rows import dict_row
+
+        role, claims, sub = self._identity(principal, service)
+        try:
+            pool = await self.pool(read_only)
+            async with pool.connection() as conn:
+                async with conn.pipeline() as p:
+                    await conn.execute("begin read only" if read_only else "begin")
+                    await conn.execute(_CLAIMS_SQL, (role, claims, sub, self.statement_timeout))
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(sql, params)
+                    await conn.execute("commit")
+                    await p.sync()
+                    self.round_trips += 1
+                    rows = await cur.fetchall() if cur.description else []
+                return rows
+        except Exception as exc:
+            mapped = _translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def fetchrow(self, sql: str, params: Any = None, **kw: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(sql, params, **kw)
+        return rows[0] if rows else None
+
+    # -- interactive transactions ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, principal: Principal | None = None, service: bool = False, read_only: bool = False
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection inside one transaction with the caller's identity set locally."""
+        role, claims, sub = self._identity(principal, service)
+        try:
+            pool = await self.pool(read_only)
+            async with pool.connection() as conn:
+                # BEGIN and the identity in one round trip
+                async with conn.pipeline():
+                    await conn.execute("begin read only" if read_only else "begin")
+                    await conn.execute(_CLAIMS_SQL, (role, claims, sub, self.statement_timeout))
+                try:
+                    yield conn
+                except BaseException:
+                    await conn.execute("rollback")
+                    raise
+                else:
+                    await conn.execute("commit")
+                finally:
+                    self.round_trips += 1
+        except Exception as exc:
+            mapped = _translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def as_user(self, principal: Principal, *, read_only: bool = False) -> Any:
+        return self.transaction(principal=principal, read_only=read_only)
+
+    def as_service(self, *, read_only: bool = False) -> Any:
+        return self.transaction(service=True, read_only=read_only)
+
+    def _identity(self, principal: Principal | None, service: bool) -> tuple[str, str, str]:
+        if service:
+            return "service_role", '{"role":"service_role"}', ""
+        if principal is None:
+            raise errors.Unauthenticated("authentication required", code="AUTH_REQUIRED")
+        role = "service_role" if principal.is_service else "authenticated"
+        return role, claims_json(principal), principal.user_id
+
+
+def _translate(exc: Exception) -> Exception:
+    """An outage (no connection from the pool in time, a broken or refused connection, a
+    statement timeout) becomes a 503 domain error; anything else (a constraint violation,
+    a bug) stays what it is."""
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, errors.AppError):
+        return exc
+    if isinstance(exc, PoolTimeout) or _is_connection_problem(exc):
+        return _unavailable(exc)
+    return exc
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    from psycopg import OperationalError
+    from psycopg import errors as pg_errors
+
+    return isinstance(
+        exc, (OperationalError, pg_errors.QueryCanceled, pg_errors.AdminShutdown, pg_errors.CannotConnectNow)
+    )
+
+
+#: public name: functions that run their own statements classify errors the same way
+is_connection_problem = _is_connection_problem

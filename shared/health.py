@@ -1,0 +1,50 @@
+"""`GET <function>/health`: liveness without I/O; `?deep=1` also checks the function's
+dependencies, each under its own deadline, and answers 503 when one is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.app import FunctionApp
+from shared.context import RequestContext
+from shared.envelope import JSONResponse, success_body
+
+
+async def _check(name: str, ctx: RequestContext) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(1.0):
+            if name == "database":
+                await ctx.services.db.fetch("select 1 as ok", service=True)
+            elif name == "redis":
+                await ctx.services.kv.ping()
+            elif name == "storage":
+                await asyncio.to_thread(ctx.services.storage.client.head_bucket, Bucket=ctx.services.storage.bucket)
+        status = "up"
+    except (Exception, TimeoutError) as exc:  # a health check reports, it never raises
+        status = f"down: {getattr(exc, 'code', type(exc).__name__)}"
+    return {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+class HealthQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deep: bool = False
+
+
+def add_health_route(fn: FunctionApp, dependencies: tuple[str, ...] = ("database", "redis")) -> None:
+    @fn.get("/health", auth="public", query=HealthQuery, summary="Liveness; ?deep=1 checks dependencies", tags=("health",))
+    async def health(ctx: RequestContext) -> Any:
+        body: dict[str, Any] = {"status": "ok", "function": fn.name}
+        if ctx.query.deep:
+            names = list(dependencies)
+            results = await asyncio.gather(*(_check(n, ctx) for n in names))
+            body["services"] = dict(zip(names, results))
+            if any(r["status"] != "up" for r in results):
+                body["status"] = "degraded"
+                return JSONResponse(success_body(body), status_code=503)
+        return body
+

@@ -1,0 +1,238 @@
+"""Real services for the test run.
+
+- Postgres: `DATABASE_URL` when set (an admin DSN; each run creates and drops its own
+  database), else an embedded server in a temporary folder.
+- Redis: `REDIS_URL` when set, else an embedded server; each run uses its own key prefix
+  and deletes its keys afterwards.
+- S3 (the R2 stand-in): moto's server on a free port.
+- Auth: an ES256 key served as a JWKS over real HTTP, plus an HS256 secret; `make_token`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+os.environ.setdefault("EDGEFN_ACCESS_LOG", "0")
+
+RUN_ID = uuid.uuid4().hex[:10]
+KEY_PREFIX = f"test:{RUN_ID}"
+HS_SECRET = "test-hs256-secret-that-is-long-enough-for-sha256"
+ISSUER = "http://127.0.0.1/auth/v1"
+EVENTS = Path(__file__).parent / "events"
+
+
+# -- Postgres ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from edgefn.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"))
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh database for this run, migrated, dropped at the end."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from edgefn.migrate import apply_migrations
+
+    name = f"edgefn_test_{RUN_ID}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    params = conninfo_to_dict(pg_admin_dsn)
+    params["dbname"] = name
+    dsn = make_conninfo(**params)
+    try:
+        apply_migrations(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+    else:
+        from edgefn.embedded import EmbeddedRedis
+
+        rd = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        try:
+            yield rd.start()
+        finally:
+            rd.stop()
+            return
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=f"{KEY_PREFIX}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+# -- S3 (moto) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> dict[str, Any]:
+    from edgefn.tokens import _new_private_jwk
+
+    return _new_private_jwk()
+
+
+class JWKSServer:
+    """A local HTTP server that serves a JWKS and counts what it was asked."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self.jwks = jwks
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                body = json.dumps(outer.jwks).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth/v1/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def jwks_server(signing_key: dict[str, Any]) -> Iterator[JWKSServer]:
+    from edgefn.tokens import public_jwks
+
+    srv = JWKSServer(public_jwks(signing_key))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
+def make_token(signing_key: dict[str, Any]) -> Callable[..., str]:
+    """make_token(user_id, tier="free", expires_in=3600, alg="ES256", **claims)"""
+    from edgefn.tokens import mint
+
+    def _make(user_id: str | None = None, *, alg: str = "ES256", **kw: Any) -> str:
+        user_id = user_id or str(uuid.uuid4())
+        kw.setdefault("issuer", ISSUER)
+        if alg == "HS256":
+            import time
+
+            import jwt
+
+            now = int(time.time())
+            claims = {
+                "iss": kw.get("issuer"),
+                "sub": user_id,
+                "aud": kw.get("audience", "authenticated"),
+                "role": kw.get("role", "authenticated"),
+                "iat": now,
+                "exp": now + int(kw.get("expires_in", 3600)),
+                "app_metadata": {"tier": kw.get("tier", "free")},
+            }
+            return jwt.encode(claims, kw.get("secret", HS_SECRET), algorithm="HS256")
+        return mint(signing_key, user_id=user_id, **kw)
+
+    return _make
+
+
+# -- settings and clients ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, redis_url: str, jwks_server: JWKSServer, s3_endpoint: str) -> dict[str, Any]:
+    """Settings values every function accepts, pointing at this run's services."""
+    return {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "key_prefix": KEY_PREFIX,
+        "jwt_issuer": ISSUER,
+        "supabase_jwks_url": jwks_server.url,
+        "supabase_jwt_secret": HS_SECRET,
+        "redis_timeout_ms": 500,
+        "r2_endpoint_url": s3_endpoint,
+        "r2_bucket": f"media-{RUN_ID}",
+        "r2_access_key_id": "testing",
+        "r2_secret_access_key": "testing",
+    }
+
+
+@pytest.fixture
+async def client_for(base_env: dict[str, Any]) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """client_for(fn_app, **settings) -> an httpx.AsyncClient driving the app in process
+    with fresh services (closed when the test ends)."""
+    from shared.services import Services
+
+    opened: list[tuple[Services, httpx.AsyncClient]] = []
+
+    def _client(fn: Any, services: Services | None = None, **overrides: Any) -> httpx.AsyncClient:
+        settings = fn.settings_cls.load(env={}, **{**base_env, **overrides})
+        services = services or Services(settings)
+        fn.configure(settings=settings, services=services)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=fn), base_url="http://testserver")
+        opened.append((services, client))
+        return client
+
+    yield _client
+    for services, client in opened:
+        await client.aclose()
+        await services.aclose()
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())  # type: ignore[no-any-return]

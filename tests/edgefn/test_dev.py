@@ -1,0 +1,288 @@
+"""`edgefn dev` as a user runs it: a subprocess with a clean environment (embedded
+services), the printed curl commands run exactly as printed, Ctrl-C leaves no process
+behind; and the start-up errors are one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from functions import FUNCTIONS
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="`edgefn dev` is tested on Linux")
+
+REPO = Path(__file__).resolve().parents[2]
+READY_LINE = "Ctrl-C stops"
+START_TIMEOUT_S = 45
+#: without migrations the roles the deep health check uses (service_role) do not exist
+MIGRATIONS = importlib.util.find_spec("edgefn.migrate") is not None
+
+
+def edgefn_cmd(*args: str) -> list[str]:
+    """`edgefn ...` as a user runs it: the console script next to this interpreter when
+    installed, else the same entry point through `-c` (not `-m edgefn.cli`: run as
+    `__main__`, cli.py would not catch the CommandError that edgefn.dev raises)."""
+    script = Path(sys.executable).parent / "edgefn"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "import sys; from edgefn.cli import main; sys.exit(main())", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus every service setting, so `edgefn dev` starts embedded ones."""
+    drop = ("DATABASE_", "REDIS_", "UPSTASH_", "R2_", "SUPABASE_", "JWT_", "CORS_", "PG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["EDGEFN_ACCESS_LOG"] = "0"
+    env.update(extra)
+    return env
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class DevServer:
+    proc: subprocess.Popen[str]
+    port: int
+    data_dir: Path
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def _reader(server: DevServer) -> None:
+    assert server.proc.stdout is not None
+    for line in server.proc.stdout:
+        server.lines.append(line.rstrip("\n"))
+        if line.startswith(READY_LINE):
+            server.ready.set()
+    server.ready.set()  # EOF: the process ended
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    tmp = tmp_path_factory.mktemp("dev")
+    port = free_port()
+    stderr_path = tmp / "stderr.log"
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(
+            edgefn_cmd("dev", "--port", str(port), "--data-dir", str(tmp / "data")),
+            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    server = DevServer(proc, port, tmp / "data", stderr_path)
+    threading.Thread(target=_reader, args=(server,), daemon=True).start()
+    try:
+        if not server.ready.wait(START_TIMEOUT_S) or proc.poll() is not None:
+            pytest.fail(f"edgefn dev did not start:\n{server.stderr()[-3000:]}\n" + "\n".join(server.lines))
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_every_function_answers_health(dev: DevServer) -> None:
+    with httpx.Client(base_url=dev.base, timeout=10) as client:
+        for name in FUNCTIONS:
+            deadline = time.monotonic() + 10
+            while True:
+                r = client.get(f"/functions/v1/{name}/health")
+                if r.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert r.status_code == 200, (name, r.text)
+            assert r.json()["data"]["function"] == name
+
+
+def test_local_routes(dev: DevServer) -> None:
+    with httpx.Client(base_url=dev.base, timeout=10) as client:
+        jwks = client.get("/auth/v1/.well-known/jwks.json")
+        assert jwks.status_code == 200
+        [key] = jwks.json()["keys"]
+        assert key["alg"] == "ES256" and "d" not in key
+        missing = client.get("/nowhere")
+        assert missing.status_code == 404
+        assert missing.json()["success"] is False
+        assert missing.json()["error"]["code"] == "ROUTE_NOT_FOUND"
+        unknown_fn = client.get("/functions/v1/no-such-function/health")
+        assert unknown_fn.status_code == 404
+
+
+def test_banner_names_the_demo_user_and_a_token(dev: DevServer) -> None:
+    import jwt
+
+    text = "\n".join(dev.lines)
+    assert dev.base in text
+    assert "00000000-0000-4000-8000-000000000001" in text
+    [token_line] = [ln for ln in dev.lines if ln.startswith("TOKEN=")]
+    claims = jwt.decode(token_line.removeprefix("TOKEN="), options={"verify_signature": False})
+    assert claims["sub"] == "00000000-0000-4000-8000-000000000001"
+    assert claims["app_metadata"]["tier"] == "paid"
+    assert 23 * 3600 < claims["exp"] - claims["iat"] <= 24 * 3600
+
+
+def test_printed_curl_commands_work_as_printed(dev: DevServer) -> None:
+    token_line = next(ln for ln in dev.lines if ln.startswith("TOKEN="))
+    commands = [ln for ln in dev.lines if ln.startswith("curl ")]
+    assert len(commands) >= 3
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-c", f"{token_line}\n{command}"], capture_output=True, text=True, timeout=20
+        )
+        assert result.returncode == 0, (command, result.stderr)
+        body = json.loads(result.stdout)
+        if "keys" in body:
+            assert body["keys"], command
+        else:
+            assert body["success"] is True, (command, body)
+            data = body["data"]
+            if isinstance(data, dict) and "status" in data and (MIGRATIONS or "deep=1" not in command):
+                assert data["status"] == "ok", (command, body)
+    assert any("deep=1" in c for c in commands)
+    assert all(shlex.split(c)[0] == "curl" for c in commands)
+
+
+def test_sigint_stops_the_server_and_everything_it_started(dev: DevServer) -> None:
+    """Runs last in this module: it stops the shared server."""
+    children = descendants(dev.proc.pid)
+    names = {Path(f"/proc/{p}/comm").read_text().strip() for p in children if alive(p)}
+    assert any(n.startswith("postgres") for n in names), names
+    assert any(n.startswith("redis-server") for n in names), names
+    dev.proc.send_signal(signal.SIGINT)
+    assert dev.proc.wait(20) == 0, dev.stderr()[-3000:]
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in children if alive(p)] == []
+    assert not (dev.data_dir / "pg" / "postmaster.pid").exists()
+    assert not (dev.data_dir / "redis" / "redis.pid").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(dev.data_dir)], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+    assert "Traceback" not in dev.stderr()
+
+
+# -- start-up errors: one line, non-zero exit, nothing started -------------------------------
+
+
+def run_dev(tmp_path: Path, port: int, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        edgefn_cmd("dev", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+        cwd=REPO, env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgefn dev: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_dev(tmp_path, port)
+    assert_one_line_error(result, str(port), "in use")
+    assert not (tmp_path / "data" / "pg").exists()  # checked before starting anything
+
+
+def test_malformed_database_url_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_dev(tmp_path, free_port(), DATABASE_URL="nonsense")
+    assert_one_line_error(result, "DATABASE_URL")
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_unreachable_database_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_dev(tmp_path, free_port(), DATABASE_URL="postgresql://postgres@127.0.0.1:1/postgres")
+    assert_one_line_error(result, "DATABASE_URL", "127.0.0.1:1")
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_sigterm_while_starting_leaves_nothing(tmp_path: Path) -> None:
+    with open(tmp_path / "stderr.log", "w") as err:
+        proc = subprocess.Popen(
+            edgefn_cmd("dev", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")),
+            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err,
+        )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline and proc.poll() is None:
+            for pid in descendants(proc.pid):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() in ("initdb", "postgres"):
+                        seen.add(pid)
+            time.sleep(0.01)
+        assert seen, "no initdb/postgres child appeared"
+        seen.update(descendants(proc.pid))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in seen if alive(p)] == []
+    assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+    assert not (tmp_path / "data" / "pg.initdb-tmp").exists()
