@@ -1,0 +1,90 @@
+"""Cold import of each function's handler module, in a fresh process each time.
+
+    python -m bench.cold_start [--runs 7] [--json]
+
+For each function: the median (of N fresh processes) wall time of `python -c "import
+<handler>"`, and the import alone timed inside the child; beside the floor
+(`python -c pass`) and a naive handler that imports supabase, boto3, sentry_sdk, psycopg
+and redis at the top. Budget: a handler's import must stay under BUDGET_MS (import only),
+and well under the naive handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from functions import FUNCTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_MS = 250.0
+
+_CHILD = "import time; t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
+
+
+def measure(module: str | None, runs: int, python: str = sys.executable, path: list[str] | None = None) -> dict[str, float]:
+    walls: list[float] = []
+    imports: list[float] = []
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "0"}
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(path)
+    code = "pass" if module is None else _CHILD.format(module=module)
+    # one untimed run warms the OS file cache and writes .pyc files, as a deployed package has them
+    subprocess.run([python, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True)
+    for _ in range(runs):
+        started = time.perf_counter()
+        out = subprocess.run([python, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        walls.append((time.perf_counter() - started) * 1000)
+        if module is not None:
+            imports.append(float(out.stdout.strip().splitlines()[-1]))
+    return {
+        "wall_ms": statistics.median(walls),
+        "import_ms": statistics.median(imports) if imports else 0.0,
+    }
+
+
+def run(runs: int = 7) -> dict[str, dict[str, float]]:
+    results = {"(floor) python -c pass": measure(None, runs)}
+    for name, module in sorted(FUNCTIONS.items()):
+        results[name] = measure(module, runs)
+    results["(baseline) naive handler"] = measure("bench.naive_handler", runs)
+    return results
+
+
+def render(results: dict[str, dict[str, float]], runs: int) -> str:
+    floor = results["(floor) python -c pass"]["wall_ms"]
+    naive = results["(baseline) naive handler"]["import_ms"]
+    lines = [
+        f"cold import, median of {runs} fresh processes (Python {sys.version.split()[0]}, {os.cpu_count()} cores)",
+        f"{'function':<28}{'process ms':>12}{'import ms':>11}{'over floor':>12}{'vs naive':>10}",
+    ]
+    for name, r in results.items():
+        ratio = f"{r['import_ms'] / naive:.2f}x" if r["import_ms"] and naive else "-"
+        lines.append(
+            f"{name:<28}{r['wall_ms']:>12.1f}{r['import_ms']:>11.1f}{r['wall_ms'] - floor:>12.1f}{ratio:>10}"
+        )
+    worst = max(r["import_ms"] for n, r in results.items() if n in FUNCTIONS)
+    verdict = "within" if worst <= BUDGET_MS else "OVER"
+    lines.append(f"slowest function import {worst:.1f} ms: {verdict} the {BUDGET_MS:.0f} ms budget; naive handler {naive:.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    results = run(args.runs)
+    print(json.dumps(results, indent=2) if args.json else render(results, args.runs))
+    worst = max(r["import_ms"] for n, r in results.items() if n in FUNCTIONS)
+    return 0 if worst <= BUDGET_MS else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""The baseline the cold-start benchmark compares against: a handler written the obvious
+way, importing every SDK it might need at the top of the module."""
+
+import boto3  # noqa: F401
+import psycopg  # noqa: F401
+import redis  # noqa: F401
+import sentry_sdk  # noqa: F401
+import supabase  # noqa: F401
+from mangum import Mangum
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def health(request):  # type: ignore[no-untyped-def]
+    return JSONResponse({"status": "ok"})
+
+
+app = Starlette(routes=[Route("/health", health)])
+handler = Mangum(app, lifespan="off")
