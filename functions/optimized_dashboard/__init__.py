@@ -1,0 +1,1 @@
+"""optimized-dashboard: A user's spending dashboard, fast and cached."""
