@@ -1,0 +1,1 @@
+"""batch-swipe: Many swipes in one request; matches exactly once."""

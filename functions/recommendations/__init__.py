@@ -1,0 +1,1 @@
+"""recommendations: A filtered, ranked, cached deck of candidates."""
