@@ -1,0 +1,1 @@
+"""upload-media: Authenticated media upload to Cloudflare R2."""
