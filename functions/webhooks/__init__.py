@@ -1,0 +1,1 @@
+"""webhooks: Paystack and RevenueCat events, verified, recorded once, applied in order."""
