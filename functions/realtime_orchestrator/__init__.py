@@ -1,0 +1,1 @@
+"""realtime-orchestrator: Routes events to Supabase Realtime and push notifications."""
