@@ -8,6 +8,12 @@ import cost (~60 ms beyond what pydantic/asyncio already load) is paid only on f
 A user's request runs in one transaction that sets `role authenticated` and
 `request.jwt.claims` locally, exactly as PostgREST does, so RLS holds even if handler code
 is wrong. Service work (webhooks, the orchestrator) says so explicitly with `service`.
+
+`service=True` together with a `principal` is the service acting for a verified user:
+role `service_role`, the user's claims (so `auth.uid()` is the user). It is for database
+functions a user must not reach through the REST API on their own terms (apply_swipes
+spends a like quota the function has already taken); such functions are granted to
+`service_role` only and do their own per-user checks.
 """
 
 from __future__ import annotations
@@ -191,6 +197,8 @@ class Database:
 
     def _identity(self, principal: Principal | None, service: bool) -> tuple[str, str, str]:
         if service:
+            if principal is not None and not principal.is_service:  # acting for a verified user
+                return "service_role", claims_json(principal), principal.user_id
             return "service_role", '{"role":"service_role"}', ""
         if principal is None:
             raise errors.Unauthenticated("authentication required", code="AUTH_REQUIRED")

@@ -102,7 +102,10 @@ async def apply_batch(ctx: RequestContext) -> Any:
         row = await ctx.services.db.fetchrow(
             APPLY_SQL,
             (targets, actions, granted, key, request_hash(targets, actions) if key else None, limit, remaining),
+            # as the service for the verified caller: apply_swipes is not granted to users,
+            # who could otherwise call it through the REST API with a like budget of their own
             principal=ctx.principal,
+            service=True,
         )
     except BaseException as exc:
         if granted:

@@ -137,12 +137,12 @@ $$;
 
 alter table public.profiles enable row level security;
 
--- Own profile: full access. Other people's profiles: readable while visible, which is what
--- the deck (run as the user) needs. Blocks are applied by the query through
--- public.blocked_either_way() (0003), because the blocked side cannot see block rows.
+-- Own profile only. A profile row holds what nobody else may read (birthdate, exact
+-- coordinates, monthly budget); other people are seen through public.deck() (0011), which
+-- returns card columns only and applies blocks, visibility and both sides' preferences.
 drop policy if exists profiles_select on public.profiles;
 create policy profiles_select on public.profiles for select to authenticated
-    using (id = (select auth.uid()) or (deleted_at is null and not hidden));
+    using (id = (select auth.uid()));
 drop policy if exists profiles_insert on public.profiles;
 create policy profiles_insert on public.profiles for insert to authenticated
     with check (id = (select auth.uid()));

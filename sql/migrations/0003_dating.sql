@@ -98,13 +98,16 @@ create table if not exists public.swipes (
 -- profile would scan the whole table.
 create index if not exists swipes_target_idx on public.swipes (target_id, swiper_id) include (action);
 
+-- A user reads their own swipes. Nobody writes them directly: a like spends the daily like
+-- quota, so swipes are written only by public.apply_swipes() (0011), which the batch-swipe
+-- function calls as the service for the verified caller, after the quota is taken.
 alter table public.swipes enable row level security;
 drop policy if exists swipes_own on public.swipes;
-create policy swipes_own on public.swipes for all to authenticated
-    using (swiper_id = (select auth.uid())) with check (swiper_id = (select auth.uid()));
+create policy swipes_own on public.swipes for select to authenticated
+    using (swiper_id = (select auth.uid()));
 
 revoke all on public.swipes from anon, authenticated;
-grant select, insert, update, delete on public.swipes to authenticated;
+grant select on public.swipes to authenticated;
 grant all on public.swipes to service_role;
 
 -- Blocks: visible to the blocker only.
@@ -185,8 +188,7 @@ begin
 end
 $$;
 
--- True when a and b like each other; used by the matches insert policy, so a user can
--- create a match only where one is due. A user asking about a pair they are not in gets false.
+-- True when a and b like each other. A user asking about a pair they are not in gets false.
 create or replace function public.is_mutual_like(a uuid, b uuid) returns boolean
 language sql stable security definer
 set search_path = ''
@@ -199,19 +201,20 @@ as $$
                    where s.swiper_id = b and s.target_id = a and s.action in ('like', 'superlike'))
 $$;
 
+-- Both users of a match read it and either may unmatch (delete). Matches are created only by
+-- public.apply_swipes() (0011), in the transaction of the like that completes the pair, with
+-- its match.created event: a match written any other way would notify nobody.
 alter table public.matches enable row level security;
 drop policy if exists matches_select on public.matches;
 create policy matches_select on public.matches for select to authenticated
     using ((select auth.uid()) in (user_a, user_b));
 drop policy if exists matches_insert on public.matches;
-create policy matches_insert on public.matches for insert to authenticated
-    with check ((select auth.uid()) in (user_a, user_b) and public.is_mutual_like(user_a, user_b));
 drop policy if exists matches_delete on public.matches;
 create policy matches_delete on public.matches for delete to authenticated
     using ((select auth.uid()) in (user_a, user_b));
 
 revoke all on public.matches from anon, authenticated;
-grant select, insert, delete on public.matches to authenticated;
+grant select, delete on public.matches to authenticated;
 grant all on public.matches to service_role;
 
 revoke all on function public.blocked_either_way(uuid) from public, anon;

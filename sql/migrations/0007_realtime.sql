@@ -27,9 +27,11 @@ revoke all on public.outbox from anon, authenticated;
 grant all on public.outbox to service_role;
 grant usage, select on sequence public.outbox_id_seq to service_role;
 
--- Enqueue an event from any transaction, including a user's (which cannot write the outbox
--- directly). Returns the event id. The row records the caller as actor_id, so the
--- orchestrator can tell user-originated events from service ones.
+-- Enqueue an event in the current transaction. Returns the event id. The service role only
+-- (our functions, and SECURITY DEFINER triggers): a user calling it through the REST API
+-- could otherwise notify anyone of anything. The row records auth.uid() as actor_id (set
+-- when the service acts for a verified user), so the orchestrator can tell user-originated
+-- events from service ones and hold them to the routing rules' user_origin checks.
 create or replace function public.enqueue_event(event_type text, payload jsonb, recipients uuid[])
 returns uuid
 language sql volatile security definer
@@ -40,8 +42,8 @@ as $$
     returning event_id
 $$;
 
-revoke all on function public.enqueue_event(text, jsonb, uuid[]) from public, anon;
-grant execute on function public.enqueue_event(text, jsonb, uuid[]) to authenticated, service_role;
+revoke all on function public.enqueue_event(text, jsonb, uuid[]) from public, anon, authenticated;
+grant execute on function public.enqueue_event(text, jsonb, uuid[]) to service_role;
 
 -- What each user was sent, in order: a reconnecting client asks for everything after the
 -- last id it saw. Written by the service; the owner reads.

@@ -7,7 +7,9 @@
 --                             (never birthdate, exact coordinates or budget).
 --
 -- Both take the caller from auth.uid() (the JWT claims the request's transaction sets),
--- never from an argument.
+-- never from an argument. apply_swipes is the service's alone: the batch-swipe function
+-- calls it as `service_role` with the verified caller's claims, after taking the like quota,
+-- so a user cannot call it through the REST API with a budget of their own choosing.
 
 -- -- idempotency records for batch swipes ---------------------------------------------------
 
@@ -31,7 +33,7 @@ create policy swipe_requests_own on public.swipe_requests for all to authenticat
     using (user_id = (select auth.uid())) with check (user_id = (select auth.uid()));
 
 revoke all on public.swipe_requests from anon, authenticated;
-grant select, insert, update on public.swipe_requests to authenticated;
+grant select on public.swipe_requests to authenticated;
 grant all on public.swipe_requests to service_role;
 
 create or replace function public.prune_swipe_requests(older_than interval default interval '1 day')
@@ -49,9 +51,11 @@ grant execute on function public.prune_swipe_requests(interval) to service_role;
 
 -- -- apply_swipes ---------------------------------------------------------------------------
 
--- Runs AS THE CALLER (security invoker): every write goes through the swipes / matches /
--- swipe_requests policies; what the caller may not read is asked through the SECURITY DEFINER
--- helpers of 0003 (blocked_either_way, mutual_likes, is_mutual_like) and 0007 (enqueue_event).
+-- Security invoker, executable by service_role only. The caller is auth.uid(): the
+-- function's transaction sets role service_role and the verified user's claims (see
+-- shared/db.py, "service acting for a user"). Every write names that user as the swiper;
+-- targets are judged here (self, hidden or deleted, blocked either way) because nothing
+-- else stands between a request and the tables.
 --
 -- p_like_budget is how many likes (like or superlike) the rate limiter granted for this
 -- request. Items are judged in order; only likes that can apply use the budget, so a duplicate
@@ -247,9 +251,10 @@ begin
 end
 $$;
 
-revoke all on function public.apply_swipes(uuid[], text[], integer, text, text, integer, integer) from public, anon;
+revoke all on function public.apply_swipes(uuid[], text[], integer, text, text, integer, integer)
+    from public, anon, authenticated;
 grant execute on function public.apply_swipes(uuid[], text[], integer, text, text, integer, integer)
-    to authenticated, service_role;
+    to service_role;
 
 -- -- the deck -------------------------------------------------------------------------------
 

@@ -94,7 +94,6 @@ async def test_user_cannot_write_rows_owned_by_someone_else(db: Database, world:
         ("insert into public.purchases (user_id, amount, category) values (%s, 5, 'album')", (b,)),
         ("insert into public.budgets (user_id, monthly_limit) values (%s, 1)", (b,)),
         ("insert into public.goals (user_id, title, target_amount) values (%s, 'x', 1)", (b,)),
-        ("insert into public.swipes (swiper_id, target_id, action) values (%s, %s, 'like')", (b, a)),
         ("insert into public.blocks (blocker_id, blocked_id) values (%s, %s)", (b, a)),
         (
             "insert into public.media_objects (owner_id, bucket, object_key) values (%s, 'avatars', %s)",
@@ -154,16 +153,49 @@ async def test_service_role_reads_and_writes_everything(db: Database, world: dic
         assert await count(conn, "select count(*) from public.matches where %s in (user_a, user_b)", b) == 1
 
 
-async def test_profiles_visible_to_the_deck_unless_hidden_or_deleted(db: Database, database_url: str) -> None:
+async def test_profiles_are_private_to_their_owner(db: Database, database_url: str) -> None:
+    """A profile row holds birthdate, exact coordinates and budget: only its owner reads it.
+    Others are seen through public.deck(), card columns only (tests/functions/recommendations)."""
     me = await f.create_user(database_url)
     visible = await f.create_user(database_url)
     hidden = await f.create_user(database_url, hidden=True)
     gone = await f.create_user(database_url, deleted_at="2024-01-01T00:00:00Z")
     async with db.as_user(user(me)) as conn:
-        cur = await conn.execute("select id::text from public.profiles where id = any(%s)", ([visible, hidden, gone],))
-        assert [r[0] for r in await cur.fetchall()] == [visible]
-    async with db.as_user(user(hidden)) as conn:  # but your own profile, always
+        cur = await conn.execute("select id::text from public.profiles where id = any(%s)", ([me, visible, hidden, gone],))
+        assert [r[0] for r in await cur.fetchall()] == [me]
+        assert await count(conn, "select count(*) from public.profiles") == 1
+    async with db.as_user(user(hidden)) as conn:  # your own profile, always, hidden or not
         assert await count(conn, "select count(*) from public.profiles where id = %s", hidden) == 1
+
+
+async def test_swipes_and_matches_are_written_only_through_apply_swipes(db: Database, database_url: str) -> None:
+    """Likes spend a quota the batch-swipe function takes first, so users write no swipe,
+    match, idempotency record or outbox event themselves (the REST API would let them)."""
+    x = await f.create_user(database_url)
+    y = await f.create_user(database_url, gender="man")
+    lo, hi = sorted([x, y], key=uuid.UUID)
+    await f.add_swipe(database_url, y, x, "like")
+    refused = [
+        ("insert into public.swipes (swiper_id, target_id, action) values (%s, %s, 'like')", (x, y)),
+        ("update public.swipes set action = 'like' where swiper_id = %s", (x,)),
+        ("insert into public.matches (user_a, user_b) values (%s, %s)", (lo, hi)),
+        ("insert into public.swipe_requests (user_id, idempotency_key, request_hash, response) "
+         "values (%s, 'k', '', '{}')", (x,)),
+        ("select public.apply_swipes(%s::uuid[], array['like'], 50)", ([y],)),
+        ("select public.enqueue_event('match.created', '{}', %s::uuid[])", ([x, y],)),
+    ]
+    for sql, params in refused:
+        with pytest.raises(pg.InsufficientPrivilege, match="permission denied"):
+            async with db.as_user(user(x)) as conn:
+                await conn.execute(sql, params)
+    # the service, acting for the verified user: auth.uid() is x, the match is made once
+    async with db.transaction(principal=user(x), service=True) as conn:
+        cur = await conn.execute("select public.apply_swipes(%s::uuid[], array['like'], 1)", ([y],))
+        row = await cur.fetchone()
+        assert row is not None and [m["user_id"] for m in row[0]["response"]["matches"]] == [y]
+    async with db.as_user(user(x)) as conn:  # and x reads their own swipe and the match
+        assert await count(conn, "select count(*) from public.swipes where target_id = %s", y) == 1
+        assert await count(conn, "select count(*) from public.matches where user_b = %s or user_a = %s", y, y) == 1
 
 
 async def test_anon_reads_reference_data_only(database_url: str) -> None:
@@ -194,9 +226,11 @@ async def test_blocked_either_way_sees_what_the_user_cannot(db: Database, world:
         assert [r[0] for r in await cur.fetchall()] == [c]
 
 
-async def test_enqueue_event_from_a_user_transaction(db: Database, world: dict[str, Any], database_url: str) -> None:
+async def test_enqueue_event_from_a_service_transaction_for_a_user(
+    db: Database, world: dict[str, Any], database_url: str
+) -> None:
     a, b = world["a"], world["b"]
-    async with db.as_user(user(a)) as conn:
+    async with db.transaction(principal=user(a), service=True) as conn:
         cur = await conn.execute(
             "select public.enqueue_event('match.created', %s::jsonb, %s::uuid[])", ('{"with": "b"}', [a, b])
         )
@@ -212,7 +246,7 @@ async def test_enqueue_event_from_a_user_transaction(db: Database, world: dict[s
         assert await cur.fetchone() == ("match.created", {"with": "b"}, [a, b], a, None)
     # rolled back with the transaction that wrote it
     with pytest.raises(RuntimeError):
-        async with db.as_user(user(a)) as conn:
+        async with db.transaction(principal=user(a), service=True) as conn:
             await conn.execute("select public.enqueue_event('never', '{}', '{}')")
             raise RuntimeError("abort")
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
@@ -235,24 +269,23 @@ async def test_swipe_and_match_constraints(db: Database, database_url: str) -> N
     with pytest.raises(pg.CheckViolation):
         await f.block(database_url, x, x)
 
-    # a user may record a match only where both sides like each other
+    # the helpers answer a user about themselves only, from rows RLS hides from them
     insert_match = "insert into public.matches (user_a, user_b) values (%s, %s)"
+    await f.add_swipe(database_url, x, y, "like")
     async with db.as_user(user(x)) as conn:
-        await conn.execute("insert into public.swipes (swiper_id, target_id, action) values (%s, %s, 'like')", (x, y))
         cur = await conn.execute("select public.mutual_likes(%s, %s)", (x, [y]))
         assert await cur.fetchall() == []
-    with pytest.raises(pg.InsufficientPrivilege, match="row-level security"):
-        async with db.as_user(user(x)) as conn:
-            await conn.execute(insert_match, (lo, hi))
+        cur = await conn.execute("select public.is_mutual_like(%s, %s)", (x, y))
+        assert await cur.fetchone() == (False,)
+    await f.add_swipe(database_url, y, x, "superlike")
     async with db.as_user(user(y)) as conn:
-        await conn.execute(
-            "insert into public.swipes (swiper_id, target_id, action) values (%s, %s, 'superlike')", (y, x)
-        )
         cur = await conn.execute("select public.mutual_likes(%s, %s)::text", (y, [x, str(uuid.uuid4())]))
         assert [r[0] for r in await cur.fetchall()] == [x]
+        cur = await conn.execute("select public.is_mutual_like(%s, %s)", (x, y))
+        assert await cur.fetchone() == (True,)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(insert_match, (lo, hi))
-    with pytest.raises(pg.UniqueViolation):  # exactly one match per pair
-        async with db.as_user(user(x)) as conn:
+        with pytest.raises(pg.UniqueViolation):  # exactly one match per pair
             await conn.execute(insert_match, (lo, hi))
     # a third person cannot create (or ask about) that pair
     z = await f.create_user(database_url)

@@ -175,12 +175,12 @@ async def test_interleaved_mutual_likes_in_open_transactions(database_url: str) 
     a, b = await f.create_user(database_url), await f.create_user(database_url)
     db = Database(database_url, max_size=2)
     try:
-        async with db.as_user(Principal(a, "authenticated")) as conn_a:
+        async with db.transaction(principal=Principal(a, "authenticated"), service=True) as conn_a:
             cur = await conn_a.execute("select public.apply_swipes(%s::uuid[], %s::text[], 1)", ([b], ["like"]))
             assert (await cur.fetchone())[0]["response"]["matches"] == []  # type: ignore[index]
 
             async def b_likes_a() -> Any:
-                async with db.as_user(Principal(b, "authenticated")) as conn_b:
+                async with db.transaction(principal=Principal(b, "authenticated"), service=True) as conn_b:
                     cur = await conn_b.execute("select public.apply_swipes(%s::uuid[], %s::text[], 1)", ([a], ["like"]))
                     return (await cur.fetchone())[0]  # type: ignore[index]
 

@@ -141,11 +141,12 @@ async def _quiet_ledger(database_url: str) -> None:
 async def enqueue(database_url: str, event_type: str, payload: dict[str, Any], recipients: list[str],
                   actor: str | None = None) -> str:
     """An event in the outbox the way our functions write one: `enqueue_event` inside a
-    transaction, as the acting user (RLS claims) or as the service."""
+    transaction, as the service acting for a verified user (their claims: actor_id is the
+    user) or as the service alone."""
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         async with conn.transaction():
             if actor:
-                await conn.execute("select set_config('role', 'authenticated', true), "
+                await conn.execute("select set_config('role', 'service_role', true), "
                                    "set_config('request.jwt.claims', %s, true)",
                                    (json.dumps({"sub": actor, "role": "authenticated"}),))
             cur = await conn.execute("select public.enqueue_event(%s, %s::jsonb, %s::uuid[])",

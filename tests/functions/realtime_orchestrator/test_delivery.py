@@ -28,7 +28,7 @@ async def test_a_match_reaches_both_users_on_realtime_and_every_device(
     match_id = await add_match(database_url, a, b)
     _, a_fcm = await add_device(database_url, a, "fcm")
     _, b_apns = await add_device(database_url, b, "apns")
-    # batch-swipe's way: enqueue_event inside the swiping user's transaction
+    # batch-swipe's way: enqueue_event in the transaction the service runs for the swiping user
     event_id = await enqueue(database_url, "match.created", {"match_id": match_id}, [a, b], actor=a)
 
     orch = make_orchestrator()
@@ -59,7 +59,8 @@ async def test_a_user_cannot_announce_a_match_that_does_not_exist(
     a = await create_user(database_url)
     victim = await create_user(database_url)
     await add_device(database_url, victim, "fcm")
-    # a user calling enqueue_event directly (it is granted to authenticated) with a made-up pair
+    # users cannot call enqueue_event (tests/sql/test_rls.py); should code acting for a user
+    # ever write a made-up pair, the routing rules still refuse it
     forged = await enqueue(database_url, "match.created", {}, [a, victim], actor=a)
     spam = await enqueue(database_url, "like.received", {}, [victim], actor=a)
     await make_orchestrator().drain(budget=5)
