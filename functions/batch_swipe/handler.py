@@ -29,5 +29,11 @@ async def batch_swipe(ctx: RequestContext) -> Any:
     return await logic.apply_batch(ctx)
 
 
+@fn.scheduled
+async def prune_idempotency_records(services: Any) -> dict[str, Any]:
+    """EventBridge schedule: drop stored responses of idempotency keys past retention."""
+    return await logic.prune_requests(services)
+
+
 app = fn
 handler = fn.lambda_handler

@@ -134,6 +134,18 @@ async def apply_batch(ctx: RequestContext) -> Any:
     return response
 
 
+async def prune_requests(services: Any) -> dict[str, Any]:
+    """Delete `swipe_requests` rows older than the retention (one statement, as the service)."""
+    settings: BatchSwipeSettings = services.settings
+    row = await services.db.fetchrow(
+        "select public.prune_swipe_requests(make_interval(secs => %s)) as pruned",
+        (settings.idempotency_retention_seconds,), service=True,
+    )
+    pruned = int(row["pruned"]) if row else 0
+    json_log.log("info", "pruned idempotency records", pruned=pruned)
+    return {"ok": True, "pruned": pruned}
+
+
 async def refund(ctx: RequestContext, rule: RateRule, user_id: str, n: int) -> None:
     """Give `n` units of the like quota back (best effort: a failure only under-counts
     what the user may still like until the window slides)."""

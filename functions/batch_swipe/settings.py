@@ -14,3 +14,6 @@ class BatchSwipeSettings(CoreSettings):
     likes_per_day_admin: int = Field(100_000, ge=0)
     #: the sliding window of the like quota
     likes_window_seconds: int = Field(86_400, ge=1)
+    #: how long an idempotency key's stored response is kept (the scheduled prune); a replay
+    #: after that is answered from the swipes themselves: every item a duplicate, nothing counted
+    idempotency_retention_seconds: int = Field(86_400, ge=60)

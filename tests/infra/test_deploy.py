@@ -81,12 +81,23 @@ def test_sam_template_deploys_the_same_artifacts() -> None:
         Loader.add_constructor(tag, lambda loader, node: loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None)
     doc = yaml.load((ROOT / "infra/sam/template.yaml").read_text(), Loader=Loader)  # noqa: S506
     handlers = {}
+    sls = serverless()
     for res in doc["Resources"].values():
         props = res["Properties"]
         code = (ROOT / "infra/sam" / props["CodeUri"]).resolve()
-        handlers[code.name.removesuffix(".zip")] = props["Handler"]
+        route = code.name.removesuffix(".zip")
+        handlers[route] = props["Handler"]
         assert props["FunctionUrlConfig"]["AuthType"] == "NONE"
-    assert handlers == {r: s["handler"] for r, s in serverless()["functions"].items()}
+        # the same configuration as serverless.yml: environment names and schedules
+        spec = sls["functions"][route]
+        sam_env = set(doc["Globals"]["Function"]["Environment"]["Variables"])
+        sam_env |= set(props.get("Environment", {}).get("Variables", {}))
+        sls_env = set(sls["provider"]["environment"]) | set(spec.get("environment", {}))
+        assert sam_env == sls_env, f"{route}: SAM and serverless.yml set different variables: {sam_env ^ sls_env}"
+        sam_rates = sorted(e["Properties"]["Schedule"] for e in props.get("Events", {}).values())
+        sls_rates = sorted(e["schedule"]["rate"] for e in spec.get("events", []))
+        assert sam_rates == sls_rates, route
+    assert handlers == {r: s["handler"] for r, s in sls["functions"].items()}
 
 
 def test_cdn_never_caches_webhooks_and_keeps_host_out() -> None:

@@ -108,6 +108,26 @@ async def test_replaying_an_idempotency_key_returns_the_first_response(swipe: An
     assert by_header.json()["data"] == first.json()["data"]
 
 
+async def test_the_scheduled_prune_drops_old_idempotency_records_only(
+    swipe: Any, database_url: str, make_token: Any
+) -> None:
+    me, a, b = [await f.create_user(database_url) for _ in range(3)]
+    token = make_token(me)
+    old_key, new_key = f"old-{uuid.uuid4()}", f"new-{uuid.uuid4()}"
+    await swipe(token, [(a, "like")], key=old_key, idempotency_retention_seconds=3600)
+    await swipe(token, [(b, "pass")], key=new_key)
+    await scalar(database_url, "update public.swipe_requests set created_at = now() - interval '2 hours' "
+                               "where idempotency_key = %s returning 1", old_key)
+    report = await fn._scheduled(fn.services)  # what the EventBridge rule runs (retention: 1 h here)
+    assert report["ok"] is True and report["pruned"] >= 1
+    keys = await scalar(database_url, "select array_agg(idempotency_key order by idempotency_key) from public.swipe_requests "
+                                      "where user_id = %s", me)
+    assert keys == [new_key]
+    # a replay of the pruned key is answered from the swipes: a duplicate, nothing counted twice
+    late = await swipe(token, [(a, "like")], key=old_key)
+    assert results(late) == ["duplicate"] and late.json()["data"]["likes"]["remaining"] == 99
+
+
 async def test_concurrent_requests_with_one_key_write_once(swipe: Any, database_url: str, make_token: Any) -> None:
     me = await f.create_user(database_url)
     targets = [await f.create_user(database_url) for _ in range(5)]
