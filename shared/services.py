@@ -111,7 +111,10 @@ class Services:
         if self._outbound is None:
             from shared.resilience import OutboundHTTP
 
-            self._outbound = OutboundHTTP(self.http)
+            self._outbound = OutboundHTTP(
+                self.http, failure_threshold=self.settings.breaker_failure_threshold,
+                reset_timeout=self.settings.breaker_reset_seconds,
+            )
         return self._outbound
 
     async def aclose(self) -> None:

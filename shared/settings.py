@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(RuntimeError):
@@ -92,6 +92,10 @@ class CoreSettings(Settings):
     jwks_refresh_cooldown_seconds: int = 30
     supabase_anon_key: str | None = None
     supabase_service_role_key: str | None = None
+    # outbound HTTP (JWKS, Realtime, FCM, APNs): a circuit breaker per provider opens after
+    # this many consecutive failures and lets one trial call through after the reset time
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_reset_seconds: float = Field(default=30.0, gt=0)
     # rate limits per tier (requests per window) for routes that don't set their own
     rate_limit_anonymous: int = 10
     rate_limit_free: int = 100

@@ -346,14 +346,15 @@ def apns_from_settings(settings: Any, outbound: OutboundHTTP, clock: Callable[[]
 
 def _http2_outbound(shared_outbound: OutboundHTTP, timeout: float) -> OutboundHTTP:
     """APNs speaks HTTP/2 only: its own client, sharing the process's circuit breakers."""
-    import importlib.util
-
     import httpx
 
-    if importlib.util.find_spec("h2") is None:  # httpx needs it for http2=True
-        raise ConfigError("APNS_HTTP2 needs the h2 package (httpx[http2])")
+    try:
+        import h2  # noqa: F401  (httpx needs it for http2=True; a runtime dependency)
+    except ImportError as exc:  # pragma: no cover - only when installed without it
+        raise ConfigError("APNS_HTTP2 needs the h2 package (httpx[http2])") from exc
     client = httpx.AsyncClient(http2=True, timeout=httpx.Timeout(timeout, connect=2.0))
-    out = OutboundHTTP(client, default_timeout=timeout)
+    out = OutboundHTTP(client, default_timeout=timeout, failure_threshold=shared_outbound.failure_threshold,
+                       reset_timeout=shared_outbound.reset_timeout, clock=shared_outbound.clock)
     out.breakers = shared_outbound.breakers
     return out
 

@@ -122,3 +122,25 @@ def test_half_open_lets_one_trial_at_a_time() -> None:
         b.before_call()  # a second caller while the trial runs
     b.record_success()
     b.before_call()
+
+
+async def test_breaker_limits_come_from_settings(provider: Any) -> None:
+    from shared.services import Services
+    from shared.settings import CoreSettings
+
+    p, url = provider
+    p.mode = "fail"
+    services = Services(CoreSettings.load(env={"BREAKER_FAILURE_THRESHOLD": "2", "BREAKER_RESET_SECONDS": "0.2"}))
+    try:
+        http = services.outbound
+        for _ in range(2):
+            await http.request("fcm", "POST", url)
+        with pytest.raises(CircuitOpen):
+            await http.request("fcm", "POST", url)
+        assert p.received == 2
+        p.mode = "ok"
+        await asyncio.sleep(0.25)  # the configured reset, not the 30 s default
+        assert (await http.request("fcm", "POST", url)).status_code == 200
+        assert p.received == 3
+    finally:
+        await services.aclose()

@@ -472,3 +472,27 @@ async def test_provider_credentials_are_cached_and_renewed_when_refused(
     await orch.drain(budget=5)
     assert len(fake.accepted("oauth")) == 2
     assert [a[1:] for a in await attempts_of(database_url, event_id) if a[0] == "push"] == [("retry", 401), ("sent", 200)]
+
+
+async def test_apns_gets_its_own_http2_client_sharing_the_breakers(orch_settings: dict[str, Any]) -> None:
+    """APNs is HTTP/2 only: the production setting builds an HTTP/2 client (h2 is a runtime
+    dependency), whose breakers are the process's and follow its configured limits."""
+    import httpx
+
+    from functions.realtime_orchestrator.providers import apns_from_settings
+    from functions.realtime_orchestrator.settings import RealtimeOrchestratorSettings
+    from shared.resilience import OutboundHTTP
+
+    settings = RealtimeOrchestratorSettings.load(env={}, **{**orch_settings, "apns_http2": True})
+    async with httpx.AsyncClient() as plain:
+        shared_out = OutboundHTTP(plain, failure_threshold=2, reset_timeout=7.0)
+        sender = apns_from_settings(settings, shared_out, clock=lambda: 0.0)
+        assert sender is not None and sender.outbound is not shared_out
+        try:
+            assert sender.outbound.client._transport._pool._http2 is True
+            assert sender.outbound.breakers is shared_out.breakers
+            breaker = sender.outbound.breaker("apns")
+            assert (breaker.failure_threshold, breaker.reset_timeout) == (2, 7.0)
+            assert shared_out.breakers["apns"] is breaker
+        finally:
+            await sender.outbound.client.aclose()
