@@ -4,8 +4,8 @@
 
 For each function: the median (of N fresh processes) wall time of `python -c "import
 <handler>"`, and the import alone timed inside the child; beside the floor
-(`python -c pass`) and a naive handler that imports supabase, boto3, sentry_sdk, psycopg
-and redis at the top. Budget: a handler's import must stay under BUDGET_MS (import only),
+(`python -c pass`) and a naive handler that imports boto3, sentry_sdk, psycopg, supabase (if
+installed) and redis at the top. Budget: a handler's import must stay under BUDGET_MS (import only),
 and well under the naive handler.
 """
 

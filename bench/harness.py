@@ -86,6 +86,37 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(app: str, env: dict[str, str], *, workers: int = 1, ready_path: str = "/", port: int | None = None) -> Iterator[int]:
     """uvicorn serving `app` ("module:attr") in its own process(es); yields the port."""
+    with server_process(app, env, workers=workers, ready_path=ready_path, port=port) as (p, _pid):
+        yield p
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    family, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        family.add(p)
+        todo.extend(c for c, parent in parents.items() if parent == p and c not in family)
+    return sum(times.get(p, 0.0) for p in family)
+
+
+@contextlib.contextmanager
+def server_process(
+    app: str, env: dict[str, str], *, workers: int = 1, ready_path: str = "/", port: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """Like `server`, yielding (port, pid of the uvicorn process)."""
     port = port or free_port()
     # the functions' own JSON access log stays on (it is part of the stack being measured);
     # it goes to a file, as a platform's log collector would take it
@@ -106,7 +137,7 @@ def server(app: str, env: dict[str, str], *, workers: int = 1, ready_path: str =
                 if time.monotonic() > deadline:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.1)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:

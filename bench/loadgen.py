@@ -38,6 +38,8 @@ class Result:
     errors: int = 0
     elapsed: float = 0.0
     late: int = 0  # open loop: requests that could not even start on time
+    #: open loop with labels: latencies and statuses per label
+    by_label: dict[str, Result] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -145,11 +147,12 @@ async def closed_loop(
 
 async def open_loop(
     host: str, port: int, requests: Sequence[bytes], *, rate: float, duration: float = 5.0, max_connections: int = 256,
-    timeout: float = 5.0,
+    timeout: float = 5.0, labels: Sequence[str] | None = None,
 ) -> Result:
-    """Start `rate` requests per second for `duration` seconds on a pool of connections."""
+    """Start `rate` requests per second for `duration` seconds on a pool of connections.
+    With `labels` (one per request), `result.by_label` splits the figures by label."""
     result = Result()
-    cycle = itertools.cycle(requests)
+    cycle = itertools.cycle(range(len(requests)))
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(max_connections):
         idle.put_nowait(Connection(host, port))
@@ -157,14 +160,21 @@ async def open_loop(
     start = time.perf_counter() + 0.05
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(scheduled: float, raw: bytes) -> None:
+    async def one(scheduled: float, i: int) -> None:
+        part = result.by_label.setdefault(labels[i], Result()) if labels else None
         conn = await idle.get()
         try:
-            status, _ = await conn.send(raw, timeout=timeout)
-            result.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+            status, _ = await conn.send(requests[i], timeout=timeout)
+            ms = (time.perf_counter() - scheduled) * 1000
+            result.latencies_ms.append(ms)
             result.statuses[status] += 1
+            if part is not None:
+                part.latencies_ms.append(ms)
+                part.statuses[status] += 1
         except Exception:
             result.errors += 1
+            if part is not None:
+                part.errors += 1
             await conn.close()
         finally:
             idle.put_nowait(conn)
@@ -179,6 +189,8 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(scheduled, next(cycle))))
     await asyncio.gather(*tasks)
     result.elapsed = duration
+    for part in result.by_label.values():
+        part.elapsed = duration
     while not idle.empty():
         await idle.get_nowait().close()
     return result

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package": ("edgefn.package", "build a reproducible Lambda zip per function"),
     "webhooks": ("edgefn.webhooks_cli", "webhook maintenance: replay stored deliveries"),
     "outbox": ("edgefn.outbox_cli", "realtime outbox maintenance: status, dead letters"),
+    "bench": ("edgefn.bench_cli", "system benchmark: load, faults, fuzzing; writes bench/report.md with plots"),
 }
 
 

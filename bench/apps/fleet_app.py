@@ -1,0 +1,82 @@
+"""Every function in one ASGI app, each configured from the environment exactly like a
+deployed function (the same settings classes, the same variables), as the system benchmark,
+the fault suite and the fuzzer serve it with `uvicorn --workers N`:
+
+    uvicorn bench.apps.fleet_app:app --workers 2
+
+`/functions/v1/<name>...` goes to that function; `/bare` is a bare Starlette route (the
+floor); `/stats` answers the worker's pid and its
+Postgres and Redis round-trip counters; anything else is the functions' 404 envelope.
+Services are built lazily per worker process, on the first request that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from edgefn.dev import LocalGateway
+from functions import FUNCTIONS
+
+
+async def _bare_endpoint(request: Request) -> JSONResponse:
+    return JSONResponse({"success": True, "data": {"ok": True}})
+
+
+_bare = Starlette(routes=[Route("/bare", _bare_endpoint)])
+
+
+def _apps() -> dict[str, Any]:
+    return {name: importlib.import_module(module).app for name, module in FUNCTIONS.items()}
+
+
+def _counters(apps: dict[str, Any]) -> dict[str, int]:
+    out = {"pid": os.getpid(), "db": 0, "kv": 0}
+    for fn in apps.values():
+        svc = fn._services  # only what was built: reading the counters must not open pools
+        if svc is None:
+            continue
+        if svc._db is not None:
+            out["db"] += svc._db.round_trips
+        if svc._kv is not None:
+            out["kv"] += svc._kv.round_trips
+    return out
+
+
+class FleetApp(LocalGateway):
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for fn in self.apps.values():
+                    if fn._services is not None:
+                        try:
+                            await fn._services.aclose()
+                        except Exception:  # noqa: BLE001 - shutting down anyway
+                            pass
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _local(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
+        if path == "/bare":  # the floor: no middleware, no I/O, as a bare Starlette route
+            await _bare(scope, receive, send)
+            return
+        if path == "/stats":
+            body = json.dumps(_counters(self.apps)).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await super()._local(scope, receive, send, path)
+
+
+app = FleetApp(_apps(), jwks={"keys": []})
