@@ -53,9 +53,9 @@ DASHBOARD_HIT_MISS = {"dashboard_hit": 0.8, "dashboard_miss": 0.2}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"users": 2_000, "step": 2.0, "rates": [100, 300, 900], "mix_rates": [100, 300], "workers": [1, 2],
-              "cold_runs": 3, "fault_seconds": 5, "fuzz_examples": 8, "function_benches": False},
+              "cold_runs": 3, "fault_seconds": 5, "fuzz_examples": 50, "function_benches": False},
     "full": {"users": 100_000, "step": 5.0, "rates": [50, 100, 200, 400, 800, 1600], "mix_rates": [100, 250, 500],
-             "workers": [1, 2, 4], "cold_runs": 7, "fault_seconds": 20, "fuzz_examples": 40, "function_benches": True},
+             "workers": [1, 2, 4], "cold_runs": 7, "fault_seconds": 20, "fuzz_examples": 400, "function_benches": True},
 }
 FUNCTION_BENCHES = ["middleware", "dashboard", "dating", "upload", "webhooks", "orchestrator"]
 

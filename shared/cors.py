@@ -10,6 +10,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
 from shared.context import header_map
+from shared.envelope import JSONResponse, error_body
 from shared.settings import Settings
 
 ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
@@ -41,7 +42,7 @@ class CORSMiddleware:
         headers = header_map(scope)
         origin = headers.get("origin")
         if scope["method"] == "OPTIONS" and origin and "access-control-request-method" in headers:
-            await self.preflight(origin)(scope, receive, send)
+            await self.preflight(origin, scope.get("state", {}).get("request_id"))(scope, receive, send)
             return
         if not origin:
             await self.app(scope, receive, send)
@@ -62,13 +63,15 @@ class CORSMiddleware:
 
         await self.app(scope, receive, send_with_cors)
 
-    def preflight(self, origin: str) -> Response:
+    def preflight(self, origin: str, request_id: str | None = None) -> Response:
         headers = {
             "Vary": "Origin",
             "Cache-Control": f"public, max-age={self.max_age}",
         }
         if not self.allowed(origin):
-            return Response("origin not allowed", status_code=403, headers=headers, media_type="text/plain")
+            # refused in the error envelope like every other refusal
+            body = error_body("CORS_ORIGIN_NOT_ALLOWED", "this origin may not call the API", request_id)
+            return JSONResponse(body, status_code=403, headers=headers)
         headers.update(
             {
                 "Access-Control-Allow-Origin": "*" if self.allow_all else origin,

@@ -57,8 +57,44 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _fit_ints(obj: Any) -> Any:
+    """`obj` with the integers orjson cannot write (past 64 bits) as floats, as orjson itself
+    reads them. Such integers come back from jsonb: Postgres keeps a number like 1e20 that a
+    body carried, and the database driver reads it as an int."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _fit_ints(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_fit_ints(v) for v in obj]
+    return obj
+
+
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # the rare slow path: an integer past 64 bits somewhere (anything else fails again)
+        return orjson.dumps(_fit_ints(obj), default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a decoded JSON value holds U+0000 in any key or string: Postgres text and
+    jsonb cannot store it, so such input is refused (or recorded as invalid) up front."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def loads(data: bytes | str) -> Any:

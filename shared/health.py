@@ -1,5 +1,6 @@
 """`GET <function>/health`: liveness without I/O; `?deep=1` also checks the function's
-dependencies, each under its own deadline, and answers 503 when one is down."""
+dependencies, each under its own deadline, and answers 503 when one is down (in the error
+envelope like every refusal, code DEPENDENCY_UNAVAILABLE, the checks in its details)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.app import FunctionApp
 from shared.context import RequestContext
-from shared.envelope import JSONResponse, success_body
+from shared.envelope import JSONResponse, error_body
 
 
 async def _check(name: str, ctx: RequestContext) -> dict[str, Any]:
@@ -43,8 +44,10 @@ def add_health_route(fn: FunctionApp, dependencies: tuple[str, ...] = ("database
             names = list(dependencies)
             results = await asyncio.gather(*(_check(n, ctx) for n in names))
             body["services"] = dict(zip(names, results))
-            if any(r["status"] != "up" for r in results):
+            down = [n for n, r in body["services"].items() if r["status"] != "up"]
+            if down:
                 body["status"] = "degraded"
-                return JSONResponse(success_body(body), status_code=503)
+                message = f"{', '.join(down)} unavailable"
+                return JSONResponse(error_body("DEPENDENCY_UNAVAILABLE", message, ctx.request_id, body), status_code=503)
         return body
 

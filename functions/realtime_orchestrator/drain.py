@@ -409,7 +409,7 @@ class Orchestrator:
         size = max(1, self.settings.realtime_batch_size)
         stop: Result | None = None
         for i in range(0, granted, size):
-            chunk = rows[i : i + size]
+            chunk = rows[i : min(i + size, granted)]  # the rows past the grant are released above
             if stop is None and not in_time():
                 stop = Result("released", error="lease running out", retry_after=0.05)
             if stop is not None:

@@ -14,7 +14,7 @@ from functions.realtime_orchestrator.rules import RULES, table_event
 from functions.realtime_orchestrator.signatures import verify_secret_header, verify_standard
 from shared import errors
 from shared.app import parse_model, read_body
-from shared.envelope import loads
+from shared.envelope import has_nul, loads
 from shared.observability import json_log
 
 if TYPE_CHECKING:
@@ -81,6 +81,11 @@ async def ingest(ctx: RequestContext) -> Accepted:
         raise errors.Unauthenticated(
             "events must be signed (webhook-signature) or carry the database webhook secret", code="SIGNATURE_MISSING"
         )
+    if has_nul(data):
+        raise errors.ValidationFailed(
+            "invalid body: data: text may not contain \\u0000",
+            details=[{"field": "data", "message": "contains \\u0000", "type": "string_nul"}],
+        )
     from psycopg.types.json import Jsonb
 
     orch = orchestrator_for(ctx.services, settings)
@@ -101,7 +106,7 @@ async def ingest(ctx: RequestContext) -> Accepted:
 
 async def inbox(ctx: RequestContext) -> InboxPage:
     query = ctx.query
-    params = {"user_id": ctx.user_id, "since": query.since, "limit": query.limit + 1}
+    params = {"user_id": ctx.end_user("the inbox is"), "since": query.since, "limit": query.limit + 1}
     sql = q.INBOX_LATEST if query.since is None else q.INBOX_SINCE
     if query.since is None:
         params["limit"] = query.limit

@@ -22,9 +22,12 @@ channels / priority / window for users of that tier.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from shared import errors
 
 Priority = Literal["urgent", "normal", "low"]
 Channel = Literal["realtime", "push", "cache"]
@@ -122,7 +125,8 @@ TABLE_ROUTES: tuple[TableRoute, ...] = (
 def table_event(
     schema: str, table: str, operation: str, record: Mapping[str, Any] | None, old: Mapping[str, Any] | None
 ) -> tuple[str, dict[str, Any], list[str]] | None:
-    """(event type, data, recipients) for a database webhook, or None when nothing routes it."""
+    """(event type, data, recipients) for a database webhook, or None when nothing routes it.
+    A recipient column that holds something other than a uuid is a 400: no real row does."""
     for route in TABLE_ROUTES:
         if (route.schema, route.table) != (schema, table) or operation not in route.operations:
             continue
@@ -131,12 +135,22 @@ def table_event(
         if route.when_column is not None:
             value = record.get(route.when_column)
             before = (old or {}).get(route.when_column)
-            if value not in route.when_values or (operation == "UPDATE" and before == value):
+            if not isinstance(value, str) or value not in route.when_values or (operation == "UPDATE" and before == value):
                 return None
         if operation == "UPDATE" and route.changed and old is not None:
             if all(record.get(c) == old.get(c) for c in route.changed):
                 return None
         data = {k: record.get(col) for k, col in route.data.items()}
-        recipients = [str(record[c]) for c in route.recipient_columns if record.get(c)]
+        recipients = [_user_id(record[c], c) for c in route.recipient_columns if record.get(c)]
         return route.event_type, data, recipients
     return None
+
+
+def _user_id(value: Any, column: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise errors.ValidationFailed(
+            f"invalid body: record.{column}: not a uuid",
+            details=[{"field": f"record.{column}", "message": "not a uuid", "type": "uuid_parsing"}],
+        ) from None

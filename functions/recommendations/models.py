@@ -18,7 +18,10 @@ class DeckQuery(BaseModel):
     gender: Gender | None = Field(None, description="Only this gender (default: the genders in your profile's interested_in)")
     min_age: int | None = Field(None, ge=18, le=120, description="Youngest age shown (default: your profile's preference)")
     max_age: int | None = Field(None, ge=18, le=120, description="Oldest age shown (default: your profile's preference)")
-    max_distance_km: float | None = Field(None, gt=0, le=20_000, description="Only people within this distance of you")
+    # from 1 m: a vanishing radius (5e-324) underflows the distance arithmetic in SQL
+    max_distance_km: float | None = Field(
+        None, ge=0.001, le=20_000, description="Only people within this distance of you (0.001 to 20000)"
+    )
     cursor: str | None = Field(None, min_length=1, max_length=512, description="next_cursor of the previous page")
 
     @field_validator("max_age")

@@ -50,12 +50,15 @@ MAX_CHARGES = 24
 
 
 def parse(body: bytes) -> Parsed:
-    from shared.envelope import loads
+    from shared.envelope import has_nul, loads
 
     try:
-        ev = PaystackEvent.model_validate(loads(body))
+        decoded = loads(body)
+        ev = PaystackEvent.model_validate(decoded)
     except (ValidationError, ValueError, TypeError) as exc:
         return Parsed(PROVIDER, body_key(body), invalid=f"not a Paystack event: {type(exc).__name__}")
+    if has_nul(decoded):  # the raw body is kept (bytea); its text could not be stored or applied
+        return Parsed(PROVIDER, body_key(body), invalid="text holds U+0000")
     d = ev.data
     ident: str | None = d.reference if ev.event.startswith("charge.") else None
     if ev.event.startswith(("subscription.", "invoice.")):

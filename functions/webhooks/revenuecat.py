@@ -55,12 +55,15 @@ HANDLED = frozenset({*STATUS, "TRANSFER", "TEST"})
 
 
 def parse(body: bytes) -> Parsed:
-    from shared.envelope import loads
+    from shared.envelope import has_nul, loads
 
     try:
-        hook = RevenueCatWebhook.model_validate(loads(body))
+        decoded = loads(body)
+        hook = RevenueCatWebhook.model_validate(decoded)
     except (ValidationError, ValueError, TypeError) as exc:
         return Parsed(PROVIDER, body_key(body), invalid=f"not a RevenueCat event: {type(exc).__name__}")
+    if has_nul(decoded):  # the raw body is kept (bytea); its text could not be stored or applied
+        return Parsed(PROVIDER, body_key(body), invalid="text holds U+0000")
     e = hook.event
     subject = e.app_user_id or e.original_app_user_id or (e.transferred_to or [None])[0]
     return Parsed(PROVIDER, (e.id or body_key(body))[:500], e.type, parse_time(e.event_timestamp_ms), subject, hook)

@@ -132,10 +132,13 @@ async def make_orchestrator(
 
 @pytest.fixture(autouse=True)
 async def _quiet_ledger(database_url: str) -> None:
-    """Deliveries other tests left pending would otherwise be sent during this test."""
+    """Deliveries other tests left pending would otherwise be sent during this test, and
+    events other functions' tests enqueued (a backlog) would be routed before its own."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("update public.event_deliveries set status = 'dead', last_error = 'test cleanup' "
                            "where status in ('pending', 'leased')")
+        await conn.execute("update public.outbox set processed_at = now(), last_error = 'test cleanup' "
+                           "where processed_at is null")
 
 
 async def enqueue(database_url: str, event_type: str, payload: dict[str, Any], recipients: list[str],

@@ -344,6 +344,23 @@ async def test_realtime_is_paced_to_the_plans_messages_per_second(
         assert sum(n for t, n in stamps if at <= t < at + 1.0) <= 50
 
 
+async def test_a_partial_pacing_grant_sends_only_the_granted_messages(
+    database_url: str, fake: ProviderFake, make_orchestrator: Any
+) -> None:
+    """The pacer grants fewer messages than were claimed: only those go out now, the rest
+    are released and go once, later (never in this batch and again after)."""
+    from functions.realtime_orchestrator.drain import Orchestrator
+
+    u = await create_user(database_url)
+    ids = [await enqueue(database_url, "like.received", {"i": i}, [u]) for i in range(5)]
+    orch = make_orchestrator(realtime_messages_per_second=2, realtime_batch_size=100)
+    await Orchestrator(orch.services, orch.settings).drain(budget=10)  # real seconds: the pacer's window
+    sent = [m["payload"]["event_id"] for m in mine(fake.broadcasts(), {f"user:{u}"})]
+    assert sorted(sent) == sorted(ids)
+    rows = [r for e in ids for r in await deliveries(database_url, e) if r["channel"] == "realtime"]
+    assert {(r["status"], r["attempts"]) for r in rows} == {("sent", 1)}
+
+
 async def test_the_circuit_breaker_stops_calls_to_a_failing_provider_and_nothing_is_lost(
     database_url: str, fake: ProviderFake, make_orchestrator: Any, clock: FakeClock
 ) -> None:

@@ -312,3 +312,26 @@ async def test_an_oversized_body_is_413_and_not_stored(make_hooks: object) -> No
     r = await hooks.paystack(body)
     assert r.status_code == 413
     assert await hooks.deliveries("paystack", "charge.success:big") == []
+
+
+async def test_a_signed_body_with_a_nul_character_is_stored_as_invalid_not_retried(hooks: Hooks, database_url: str) -> None:
+    """Postgres text cannot hold U+0000: such a delivery is kept (raw body) as `invalid` and
+    acknowledged, for Paystack and RevenueCat alike, instead of a 503 the provider would
+    retry for days."""
+    import psycopg
+
+    from tests.functions.webhooks.conftest import rc
+
+    bad_charge = {"event": "charge.success", "data": {"id": 9, "reference": "REF\u0000" + uuid.uuid4().hex, "amount": 1}}
+    bad_rc = rc("INITIAL_PURCHASE", "user\u0000" + uuid.uuid4().hex)
+    for send, payload in ((hooks.paystack, bad_charge), (hooks.revenuecat, bad_rc)):
+        raw = json.dumps(payload).encode()
+        assert b"\\u0000" in raw
+        first, again = await send(raw), await send(raw)
+        assert first.status_code == again.status_code == 200, first.text
+        assert first.json()["data"]["outcome"] == "invalid"
+        assert again.json()["data"]["duplicate"] is True
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("select outcome, body from public.webhook_deliveries where id = %s",
+                                     (first.json()["data"]["delivery_id"],))
+            assert await cur.fetchone() == ("invalid", raw)
