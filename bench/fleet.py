@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import harness
+from bench.orchestrator import SERVICE_KEY  # the provider stand-in checks this key
 from edgefn.tokens import _new_private_jwk, mint, public_jwks
 
 APP = "bench.apps.fleet_app:app"
 ISSUER = "http://127.0.0.1/auth/v1"
 PAYSTACK_SECRET = "sk_test_fleet_" + "0" * 24
 REVENUECAT_AUTH = "Bearer fleet-revenuecat-auth"
-SERVICE_KEY = "fleet-service-key"
 DRAIN_SECRET = "fleet-drain-secret"
 DB_WEBHOOK_SECRET = "fleet-db-webhook-secret"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"fleet-orchestrator-secret-012345").decode()

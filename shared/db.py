@@ -114,6 +114,24 @@ class Database:
             await self._pool.open(wait=False)
         return self._pool
 
+    @asynccontextmanager
+    async def _connection(self, pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection[Any]]:
+        """`pool.connection()`, minus the idle connections the server closed meanwhile (a
+        restart, a failover: what it sent on closing is already readable); the pool drops
+        each and lends the next, so a restart costs no request a failure once it is back."""
+        conn = await pool.getconn()
+        try:
+            for _ in range(self.max_size):  # at most every idle connection is stale
+                if not _closed_by_server(conn):
+                    break
+                await conn.close()
+                await pool.putconn(conn)  # the pool discards a closed connection
+                conn = await pool.getconn()
+            async with conn:
+                yield conn
+        finally:
+            await pool.putconn(conn)
+
     async def close(self) -> None:
         for p in (self._pool, self._read_pool):
             if p is not None:
@@ -138,7 +156,7 @@ class Database:
         role, claims, sub = self._identity(principal, service)
         try:
             pool = await self.pool(read_only)
-            async with pool.connection() as conn:
+            async with self._connection(pool) as conn:
                 async with conn.pipeline() as p:
                     await conn.execute("begin read only" if read_only else "begin")
                     await conn.execute(_CLAIMS_SQL, (role, claims, sub, self.statement_timeout))
@@ -169,7 +187,7 @@ class Database:
         role, claims, sub = self._identity(principal, service)
         try:
             pool = await self.pool(read_only)
-            async with pool.connection() as conn:
+            async with self._connection(pool) as conn:
                 # BEGIN and the identity in one round trip
                 async with conn.pipeline():
                     await conn.execute("begin read only" if read_only else "begin")
@@ -230,3 +248,20 @@ def _is_connection_problem(exc: BaseException) -> bool:
 
 #: public name: functions that run their own statements classify errors the same way
 is_connection_problem = _is_connection_problem
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """An idle connection has nothing to read unless the server closed it (or, rarely,
+    sent a notice: that connection is dropped too, which costs only a reconnect). One
+    non-blocking poll, no round trip; when the poll itself fails the connection is used
+    as before and a dead one fails its request as it would have."""
+    import select
+
+    if conn.closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False

@@ -51,6 +51,11 @@ class _Conn:
     def close(self) -> None:
         self.writer.close()
 
+    def closed_by_server(self) -> bool:
+        """The server closed or reset it while it sat idle (a restart, a failover, an idle
+        timeout): the event loop has already read the FIN or the reset."""
+        return self.reader.at_eof() or self.reader.exception() is not None or self.writer.is_closing()
+
 
 class RespPool:
     def __init__(self, url: str, *, max_connections: int | None = None, connect_timeout: float = 1.0) -> None:
@@ -97,7 +102,7 @@ class RespPool:
             await self._slots.acquire()
         conn: _Conn | None = None
         try:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn = self._reusable() or await self._connect()
             result = await conn.exchange(payload, replies)
             self._idle.append(conn)  # completed: safe to reuse
             conn = None
@@ -107,6 +112,16 @@ class RespPool:
                 conn.close()
             if self._slots is not None:
                 self._slots.release()
+
+    def _reusable(self) -> _Conn | None:
+        """An idle connection still open at the server's end (dead ones are dropped, so a
+        Redis restart costs no request a failure once Redis is back)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed_by_server():
+                return conn
+            conn.close()
+        return None
 
     async def execute(self, args: Sequence[Any]) -> Any:
         (reply,) = await self._run(hiredis.pack_command(tuple(args)), 1)

@@ -257,6 +257,20 @@ async def test_recovers_after_connections_drop(backend: str, make_kv: Callable[.
     assert await kv.ping()
 
 
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    backend: str, make_kv: Callable[..., Any], proxy: TcpProxy
+) -> None:
+    """Redis restarted while our connection sat idle: the next call opens a new connection
+    instead of failing once on the dead one."""
+    kv = make_kv(backend, proxy.endpoint, timeout=DEADLINE)
+    k = kv.key("kv", uuid.uuid4().hex)
+    await kv.set(k, "v")
+    await proxy.close()
+    await proxy.reopen()
+    await asyncio.sleep(0.05)  # the reset reaches the idle connection
+    assert await kv.get(k) == "v"
+
+
 async def test_slow_bridge_times_out_then_recovers(make_kv: Callable[..., Any], bridge: Any) -> None:
     kv = make_kv("upstash", timeout=DEADLINE)
     k = kv.key("kv", uuid.uuid4().hex)

@@ -1,0 +1,28 @@
+"""The Postgres pool: idle connections the server closed (a restart, a failover, an idle
+kill) are dropped before use, so the first requests after the database comes back succeed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from shared.db import Database
+
+
+async def test_idle_connections_the_server_closed_are_not_lent(database_url: str) -> None:
+    db = Database(database_url, max_size=3)
+    try:
+        # three connections in the pool, all idle
+        pids = await asyncio.gather(*(db.fetch("select pg_backend_pid() as pid, pg_sleep(0.05)", service=True)
+                                      for _ in range(3)))
+        ours = sorted({rows[0]["pid"] for rows in pids})
+        assert len(ours) == 3
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+            await admin.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) as pid", (ours,))
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the idle sockets
+        for _ in range(4):  # each of these would otherwise fail on a dead connection
+            rows = await db.fetch("select pg_backend_pid() as pid", service=True)
+            assert rows[0]["pid"] not in ours
+    finally:
+        await db.close()
