@@ -118,7 +118,8 @@ class ResponseCache:
     def __init__(self, kv: KV) -> None:
         self.kv = kv
         #: in-process single flight: key -> future of the payload being computed
-        self._inflight: dict[str, asyncio.Future[tuple[Payload, str]]] = {}
+        #: entry key -> (payload, etag, "hit" or "stale") of the computation in flight
+        self._inflight: dict[str, asyncio.Future[tuple[Payload, str, str]]] = {}
 
     def version_key(self, scope: str) -> str:
         return self.kv.key("ver", scope)

@@ -227,8 +227,9 @@ class EdgeCacheStep:
         if not decision.lock:
             inflight = self.cache._inflight.get(entry_key)
             if inflight is not None:
-                payload, etag = await asyncio.shield(inflight)
-                return self._serve(ctx, policy, payload, etag, "hit")
+                # shared with the request computing it: "stale" when that one served stale
+                payload, etag, status = await asyncio.shield(inflight)
+                return self._serve(ctx, policy, payload, etag, status)
             try:
                 waited = await self.cache.wait_for_entry(entry_key, decision.version, decision.now_ms, policy.lock_ms // 3)
             except KVUnavailable:
@@ -242,7 +243,7 @@ class EdgeCacheStep:
         decision: Decision, stale: Entry | None, keys: tuple[str, str, str],
     ) -> Response:
         _, entry_key, lock_key = keys
-        future: asyncio.Future[tuple[Payload, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Payload, str, str]] = asyncio.get_running_loop().create_future()
         self.cache._inflight[entry_key] = future
         stored = False
         try:
@@ -251,7 +252,7 @@ class EdgeCacheStep:
             except errors.ServiceUnavailable:
                 if stale is not None:
                     metrics.incr("cache.stale_served")
-                    future.set_result((stale.payload, stale.etag))
+                    future.set_result((stale.payload, stale.etag, "stale"))
                     return self._serve(ctx, policy, stale.payload, stale.etag, "stale")
                 raise
             if "result" not in ctx.state or response.status_code != route.status_code:
@@ -260,7 +261,7 @@ class EdgeCacheStep:
                 ctx.state["result"], {k: v for k, v in ctx.metadata.items() if k not in DYNAMIC_METADATA}
             )
             etag = payload.etag()
-            future.set_result((payload, etag))
+            future.set_result((payload, etag, "hit"))
             try:
                 await self.cache.store(entry_key, lock_key if decision.lock else None, decision.version, decision.now_ms, policy, payload, etag)
                 stored = True

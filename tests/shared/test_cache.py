@@ -174,6 +174,21 @@ async def test_stale_on_error_then_503_without_an_entry(setup: Any, make_token: 
         assert r.headers["cache-control"] == "private, no-store"
 
 
+async def test_requests_sharing_a_computation_that_served_stale_say_stale(setup: Any) -> None:
+    """Concurrent requests wait for the one computing; when that one falls back to the stale
+    entry (the database is down), they all report `stale`, never `hit`."""
+    c, backend, services, user, auth = setup
+    async with c:
+        await c.get("/mine", headers=auth)
+        await services.response_cache.bump(f"mine:{user}")
+        backend.down, backend.delay = True, 0.2
+        rs = await asyncio.gather(*(c.get("/mine", headers=auth) for _ in range(5)))
+        assert [r.status_code for r in rs] == [200] * 5
+        assert backend.calls == 2  # one computation after the first: the others shared it
+        assert {r.json()["metadata"]["cache_status"] for r in rs} == {"stale"}
+        assert {r.headers["x-cache-status"] for r in rs} == {"stale"}
+
+
 async def test_public_scope_and_default_no_store(setup: Any) -> None:
     c, backend, _, _, auth = setup
     async with c:
