@@ -52,8 +52,8 @@ TARGET_UTILISATION = 0.7  # plan instances to run at 70 % CPU
 DASHBOARD_HIT_MISS = {"dashboard_hit": 0.8, "dashboard_miss": 0.2}
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"users": 2_000, "step": 2.0, "rates": [100, 300, 900], "mix_rates": [100, 300], "workers": [1, 2],
-              "cold_runs": 3, "fault_seconds": 5, "fuzz_examples": 50, "function_benches": False},
+    "quick": {"users": 2_000, "step": 1.5, "rates": [100, 300, 900], "mix_rates": [100, 300], "workers": [1, 2],
+              "cold_runs": 3, "fault_seconds": 4, "fuzz_examples": 50, "function_benches": False},
     "full": {"users": 100_000, "step": 5.0, "rates": [50, 100, 200, 400, 800, 1600], "mix_rates": [100, 250, 500],
              "workers": [1, 2, 4], "cold_runs": 7, "fault_seconds": 20, "fuzz_examples": 400, "function_benches": True},
 }
