@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -114,16 +115,22 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def server_process(
-    app: str, env: dict[str, str], *, workers: int = 1, ready_path: str = "/", port: int | None = None
+    app: str, env: dict[str, str], *, workers: int = 1, ready_path: str = "/", port: int | None = None,
+    log_to: Path | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Like `server`, yielding (port, pid of the uvicorn process)."""
+    """Like `server`, yielding (port, pid of the uvicorn process). `log_to`: keep the
+    servers' output (the functions' JSON log lines) in that file instead of discarding it."""
     port = port or free_port()
     # the functions' own JSON access log stays on (it is part of the stack being measured);
     # it goes to a file, as a platform's log collector would take it
     full_env = {"PATH": os.environ.get("PATH", ""), "EDGEFN_ACCESS_LOG": "1", "PYTHONPATH": str(ROOT), **env}
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
-    log = tempfile.NamedTemporaryFile(prefix="edgefn-bench-server-", suffix=".log", delete=False)
+    if log_to is not None:
+        log_to.parent.mkdir(parents=True, exist_ok=True)
+        log: Any = open(log_to, "ab")  # noqa: SIM115 - closed in the finally below
+    else:
+        log = tempfile.NamedTemporaryFile(prefix="edgefn-bench-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 60
@@ -145,7 +152,8 @@ def server_process(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        os.unlink(log.name)
+        if log_to is None:
+            os.unlink(log.name)
 
 
 def machine() -> str:

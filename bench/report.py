@@ -150,6 +150,18 @@ def write(data: dict[str, Any], out: Path, *, with_plots: bool = True) -> None:
                 add(f"| {kind} | {st.rate:.0f} | {s['requests']} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | "
                     f"{_f(st.cpu_ms, 2)} | {s['errors']} | {json.dumps(st.statuses)} | {st.late} |")
         add("\n</details>\n")
+    errs = data.get("server_5xx")
+    if errs is not None and ladders:
+        add("5xx answers in the fleet's log over the whole run (overload sheds with 503: a Redis or database deadline "
+            "passed; a 500 is a bug):\n")
+        if errs:
+            add("| answers | status, function, route (or the cause of a 500) |")
+            add("|---:|---|")
+            for k, n in errs.items():
+                add(f"| {n} | {k} |")
+        else:
+            add("none.")
+        add("")
     mix = data.get("mix") or []
     if mix:
         add("## Realistic mix\n")

@@ -57,6 +57,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"users": 100_000, "step": 5.0, "rates": [50, 100, 200, 400, 800, 1600], "mix_rates": [100, 250, 500],
              "workers": [1, 2, 4], "cold_runs": 7, "fault_seconds": 20, "fuzz_examples": 400, "function_benches": True},
 }
+#: request kinds whose signature carries a timestamp (Standard Webhooks: 5 minutes' tolerance)
+SIGNED_WITH_TIME = ("ingest",)
 FUNCTION_BENCHES = ["middleware", "dashboard", "dating", "upload", "webhooks", "orchestrator"]
 
 
@@ -212,6 +214,36 @@ def warm(port: int, requests: list[bytes]) -> None:
     asyncio.run(send_all(port, requests, 16))
 
 
+def settle(port: int, dsn: str, limit_s: float = 90.0) -> int:
+    """Drain the outbox the previous scenario filled (webhooks and matches enqueue events),
+    as the scheduled drain would, so the next scenario does not inherit its backlog.
+    Returns the events routed meanwhile."""
+    import httpx
+    import psycopg
+
+    def backlog() -> int:  # events not routed yet, and deliveries due now
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "select (select count(*) from public.outbox where processed_at is null)"
+                " + (select count(*) from public.event_deliveries where status = 'pending' and available_at <= now())"
+            ).fetchone()
+            return int(row[0])  # type: ignore[index]
+
+    before = left = backlog()
+    deadline = time.monotonic() + limit_s
+    while left and time.monotonic() < deadline:
+        httpx.post(f"http://{HOST}:{port}/functions/v1/realtime-orchestrator/drain",
+                   headers={"Authorization": f"Bearer {fleet.DRAIN_SECRET}"}, timeout=60)
+        now_left = backlog()
+        if now_left >= left:  # no progress: what is left waits for a later time
+            break
+        left = now_left
+    if before:
+        log(f"  (drained {before - left} queued events and deliveries before the next scenario"
+            f"{f', {left} left' if left else ''})")
+    return before - left
+
+
 def ladder(name: str, port: int, pid: int, requests: list[bytes], rates: list[float], duration: float) -> list[Step]:
     # a short warm-up so pools, caches of compiled queries and JIT-free paths are in place
     asyncio.run(open_loop(HOST, port, requests[: max(20, int(rates[0]))], rate=rates[0], duration=1.0))
@@ -240,10 +272,39 @@ def sustained(steps: list[Step]) -> Step | None:
 # -- the run ---------------------------------------------------------------------------------
 
 
+#: the fleet's log lines (one JSON line per request), kept for the report's 5xx breakdown
+SERVER_LOG = ROOT / "bench" / "out" / "fleet-server.log"
+
+
 @contextlib.contextmanager
 def fleet_server(f: fleet.Fleet, workers: int) -> Iterator[tuple[int, int]]:
-    with harness.server_process(fleet.APP, f.env, workers=workers, ready_path="/stats") as (port, pid):
-        yield port, pid
+    # six functions per process, each with its own pool: sized so the whole fleet stays
+    # under 100 Postgres connections (a default max_connections)
+    env = {**f.env, "DB_POOL_MAX": str(max(2, min(10, 80 // (6 * workers))))}
+    with harness.server_process(fleet.APP, env, workers=workers, ready_path="/stats", log_to=SERVER_LOG) as pp:
+        yield pp
+
+
+def server_errors(path: Path = SERVER_LOG) -> dict[str, int]:
+    """5xx answers in the fleet's log by status, function and route, and what each 500 was."""
+    from collections import Counter
+
+    found: Counter[str] = Counter()
+    if not path.exists():
+        return {}
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        status = rec.get("status")
+        if rec.get("msg") == "request" and isinstance(status, int) and status >= 500:
+            found[f"{status} {rec.get('function', '?')} {rec.get('route') or rec.get('path')}"] += 1
+        elif rec.get("msg") == "unhandled":  # what a 500 was
+            found[f"500 cause: {str(rec.get('error'))[:160]} at {rec.get('at', '?')}"] += 1
+    return dict(found.most_common(30))
 
 
 @contextlib.contextmanager
@@ -319,6 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"profile": "quick" if args.quick else "full", "settings": prof, "workers": args.workers,
                            "machine": harness.machine(), "command": args.command_line,
                            "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    SERVER_LOG.unlink(missing_ok=True)
     with harness.services() as svc, fleet.s3() as s3, fleet.providers() as prov:
         dsn = prepare(svc.admin_dsn, prof["users"])
         out["versions"] = versions(dsn, svc.redis_url)
@@ -327,7 +389,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         f = fleet.Fleet.configure(dsn, svc.redis_url, s3=s3, providers=prov, PAYSTACK_SECRET_KEY=wb.PAYSTACK_SECRET,
                                   REVENUECAT_WEBHOOK_AUTH=wb.RC_AUTH, EDGEFN_ACCESS_LOG="1",
-                                  BATCH_WINDOW_SECONDS="5", PUSH_DAILY_CAP="1000000")
+                                  BATCH_WINDOW_SECONDS="5", PUSH_DAILY_CAP="1000000",
+                                  # a paid Realtime plan's pace (the default, 100/s, is the free plan's: at
+                                  # 100 events/s the pacer, not the function, would set the latency)
+                                  REALTIME_MESSAGES_PER_SECOND="2500")
         world = make_world(dsn, f, 1000 if args.quick else 5000)
         top = max(prof["rates"]) * prof["step"]
         kinds = ("dashboard_hit", "dashboard_miss", "deck", "swipe", "presign", "webhook", "ingest")
@@ -343,7 +408,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with fleet_server(f, args.workers) as (port, pid):
                 warm(port, pools["dashboard_hit"])
                 for kind in ("floor", *kinds):
+                    if kind in SIGNED_WITH_TIME:  # signatures carry a timestamp: made just before use
+                        pools[kind] = pool(kind, world, int(top), rng)
                     ladders[kind] = ladder(kind, port, pid, pools[kind], prof["rates"], prof["step"])
+                    settle(port, dsn)
             with naive_server(f, args.workers) as (port, pid):
                 warm(port, pools["dashboard_hit"])
                 for kind in ("dashboard_hit", "dashboard_miss"):
@@ -355,6 +423,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "mix" not in skip:
             log("-- realistic mix, open loop")
             kinds = list(MIX)
+            for kind in SIGNED_WITH_TIME:
+                pools[kind] = pool(kind, world, int(top), rng)
             labels = rng.choices(kinds, weights=[MIX[k] for k in kinds], k=int(max(prof["mix_rates"]) * prof["step"]))
             cursor = dict.fromkeys(kinds, 0)
             reqs = []
@@ -377,6 +447,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scaling = []
         if "workers" not in skip:
             log("-- throughput against worker count (closed loop, 32 connections, the mix)")
+            for kind in SIGNED_WITH_TIME:
+                pools[kind] = pool(kind, world, int(top), rng)
             mixed = [pools[k][i % len(pools[k])] for i, k in enumerate(rng.choices(list(MIX), weights=list(MIX.values()), k=4000))]
             for w in prof["workers"]:
                 with fleet_server(f, w) as (port, pid):
@@ -414,6 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in FUNCTION_BENCHES:
                 log(f"-- bench.{name}")
                 out["function_benches"][name] = run_function_bench(name, suite_env)
+    out["server_5xx"] = server_errors()
     out["capacity"] = capacity(out)
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out

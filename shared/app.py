@@ -357,7 +357,8 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
         except Exception as exc:  # last resort: the route layer maps every known error
             sentry.capture(exc, function=self.function, request_id=request_id)
-            json_log.log("error", "unhandled", function=self.function, request_id=request_id, error=repr(exc))
+            json_log.log("error", "unhandled", function=self.function, request_id=request_id, error=repr(exc),
+                         at=_where(exc))
             if state["status"] is None:
                 resp = error_response(errors.AppError("internal error"), request_id)
                 resp.headers["x-request-id"] = request_id
@@ -379,3 +380,15 @@ class ObservabilityMiddleware:
                     request_id=request_id,
                     user=state.get("user_id"),
                 )
+
+
+def _where(exc: BaseException) -> str:
+    """file:line:function of the innermost frame that raised (the log line says where a 500
+    came from without a traceback)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"{f.filename.rsplit('/', 2)[-2:][-1] if '/' in f.filename else f.filename}:{f.lineno}:{f.name}"

@@ -18,6 +18,7 @@ spends a like quota the function has already taken); such functions are granted 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -116,9 +117,15 @@ class Database:
 
     @asynccontextmanager
     async def _connection(self, pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection[Any]]:
-        """`pool.connection()`, minus the idle connections the server closed meanwhile (a
-        restart, a failover: what it sent on closing is already readable); the pool drops
-        each and lends the next, so a restart costs no request a failure once it is back."""
+        """A pooled connection, minus the idle ones the server closed meanwhile (a restart,
+        a failover: what it sent on closing is already readable); the pool drops each and
+        lends the next, so a restart costs no request a failure once it is back.
+
+        A caller cancelled while it held the connection (its deadline passed: asyncio
+        cancels wherever the task is waiting) may leave a statement in flight or its
+        result unread; such a connection is closed, never lent again, or the next request
+        would read the previous one's results. Other errors return it to the pool, which
+        rolls back what is open."""
         conn = await pool.getconn()
         try:
             for _ in range(self.max_size):  # at most every idle connection is stale
@@ -127,8 +134,10 @@ class Database:
                 await conn.close()
                 await pool.putconn(conn)  # the pool discards a closed connection
                 conn = await pool.getconn()
-            async with conn:
-                yield conn
+            yield conn
+        except asyncio.CancelledError:
+            await conn.close()  # closing also ends the server's transaction
+            raise
         finally:
             await pool.putconn(conn)
 
@@ -194,7 +203,7 @@ class Database:
                     await conn.execute(_CLAIMS_SQL, (role, claims, sub, self.statement_timeout))
                 try:
                     yield conn
-                except BaseException:
+                except Exception:
                     await conn.execute("rollback")
                     raise
                 else:

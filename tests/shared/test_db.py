@@ -26,3 +26,30 @@ async def test_idle_connections_the_server_closed_are_not_lent(database_url: str
             assert rows[0]["pid"] not in ours
     finally:
         await db.close()
+
+
+async def test_a_caller_cancelled_mid_statement_never_leaks_into_the_next(database_url: str) -> None:
+    """Deadlines cancel wherever the task waits: in BEGIN, in a statement, in COMMIT. The
+    connection is then closed, not lent again with a statement in flight or a result unread
+    (the next caller would read the previous one's rows)."""
+    import contextlib
+
+    db = Database(database_url, max_size=1)  # one connection: every caller gets the same one back
+    try:
+        for i in range(60):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.001 * (i % 8)):
+                    if i % 2:  # one round trip in pipeline mode
+                        await db.fetch("select pg_sleep(0.002), %s::int as n", (-i,), service=True)
+                    else:
+                        async with db.transaction(service=True) as conn, conn.pipeline():
+                            await conn.execute("select pg_sleep(0.002)")
+                            cur = await conn.execute("insert into public.artists (name) values (%s) returning id",
+                                                     (f"cancel-{i}",))
+                            await cur.fetchone()
+            rows = await db.fetch("select %s::int as n", (i,), service=True)
+            assert rows == [{"n": i}]
+    finally:
+        await db.close()
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+            await admin.execute("delete from public.artists where name like 'cancel-%'")
