@@ -52,7 +52,7 @@ TARGET_UTILISATION = 0.7  # plan instances to run at 70 % CPU
 DASHBOARD_HIT_MISS = {"dashboard_hit": 0.8, "dashboard_miss": 0.2}
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"users": 2_000, "step": 1.5, "rates": [100, 300, 900], "mix_rates": [100, 300], "workers": [1, 2],
+    "quick": {"users": 2_000, "step": 1.5, "rates": [100, 400], "mix_rates": [100, 300], "workers": [1, 2],
               "cold_runs": 3, "fault_seconds": 4, "fuzz_examples": 50, "function_benches": False},
     "full": {"users": 100_000, "step": 5.0, "rates": [50, 100, 200, 400, 800, 1600], "mix_rates": [100, 250, 500],
              "workers": [1, 2, 4], "cold_runs": 7, "fault_seconds": 20, "fuzz_examples": 400, "function_benches": True},
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="2,000 users, short steps: under 3 minutes")
+    p.add_argument("--quick", action="store_true", help="2,000 users, short steps: about 2.5 minutes")
     p.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
     p.add_argument("--users", type=int, default=0, help="override the profile's seeded users")
     p.add_argument("--skip", default="", help="comma-separated: ladder,mix,workers,cold,faults,fuzz,functions")
