@@ -61,48 +61,40 @@ def prepare(admin_dsn: str, users: int, log: Any) -> tuple[str, str]:
     the first paid seeded user after the demo user, given HEAVY_EXTRA more purchases."""
     import psycopg
 
-    from edgefn.migrate import MigrationError
     from edgefn.seed import seed
 
-    try:
-        with harness.scratch_database(admin_dsn, DB_NAME, keep=True) as dsn:
-            pass
-    except MigrationError as exc:  # a migration changed since this database was kept
-        log(f"rebuilding {DB_NAME}: {exc}")
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{DB_NAME}" with (force)')
-    with harness.scratch_database(admin_dsn, DB_NAME, keep=True) as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute("select users from public.edgefn_seed").fetchone()
-        if row is None or row[0] != users:
-            log(f"seeding {users:,} users into {DB_NAME} (kept for later runs) ...")
-            started = time.perf_counter()
-            seed(dsn, users, reset=row is not None)
-            log(f"seeded in {time.perf_counter() - started:.0f} s")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            (heavy,) = conn.execute(
-                "select user_id::text from public.user_tiers where tier = 'paid' "
-                "and user_id > '00000000-0000-4000-8000-000000000001' order by user_id limit 1"
-            ).fetchone()  # type: ignore[misc]
-            (have,) = conn.execute(
-                "select count(*) from public.purchases where user_id = %s and description = %s", (heavy, HEAVY_TAG)
-            ).fetchone()  # type: ignore[misc]
-            if have < HEAVY_EXTRA:
-                conn.execute(
-                    "insert into public.purchases (user_id, artist_id, amount, currency, category, description, purchased_at) "
-                    "select %s, (select id from public.artists order by id offset (g %% 200) limit 1), "
-                    "  round((5 + (g * 37 %% 120))::numeric, 2), "
-                    "  (select currency from public.profiles where id = %s), "
-                    "  (array['album','concert','merch','streaming','fanclub','photocard','other'])[1 + g %% 7], %s, "
-                    "  now() - make_interval(hours => (g * 17) %% (24 * 365)) "
-                    "from generate_series(1, %s) g",
-                    (heavy, heavy, HEAVY_TAG, HEAVY_EXTRA - have),
-                )
-                # index-only scans need the visibility map; the outbox got one event
-                conn.execute("vacuum (analyze) public.purchases")
-            (count,) = conn.execute("select count(*) from public.purchases where user_id = %s", (heavy,)).fetchone()  # type: ignore[misc]
-        log(f"heavy user {heavy}: {count} purchases")
-        return dsn, heavy
+    dsn = harness.kept_database(admin_dsn, DB_NAME, log)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select users from public.edgefn_seed").fetchone()
+    if row is None or row[0] != users:
+        log(f"seeding {users:,} users into {DB_NAME} (kept for later runs) ...")
+        started = time.perf_counter()
+        seed(dsn, users, reset=row is not None)
+        log(f"seeded in {time.perf_counter() - started:.0f} s")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (heavy,) = conn.execute(
+            "select user_id::text from public.user_tiers where tier = 'paid' "
+            "and user_id > '00000000-0000-4000-8000-000000000001' order by user_id limit 1"
+        ).fetchone()  # type: ignore[misc]
+        (have,) = conn.execute(
+            "select count(*) from public.purchases where user_id = %s and description = %s", (heavy, HEAVY_TAG)
+        ).fetchone()  # type: ignore[misc]
+        if have < HEAVY_EXTRA:
+            conn.execute(
+                "insert into public.purchases (user_id, artist_id, amount, currency, category, description, purchased_at) "
+                "select %s, (select id from public.artists order by id offset (g %% 200) limit 1), "
+                "  round((5 + (g * 37 %% 120))::numeric, 2), "
+                "  (select currency from public.profiles where id = %s), "
+                "  (array['album','concert','merch','streaming','fanclub','photocard','other'])[1 + g %% 7], %s, "
+                "  now() - make_interval(hours => (g * 17) %% (24 * 365)) "
+                "from generate_series(1, %s) g",
+                (heavy, heavy, HEAVY_TAG, HEAVY_EXTRA - have),
+            )
+            # index-only scans need the visibility map; the outbox got one event
+            conn.execute("vacuum (analyze) public.purchases")
+        (count,) = conn.execute("select count(*) from public.purchases where user_id = %s", (heavy,)).fetchone()  # type: ignore[misc]
+    log(f"heavy user {heavy}: {count} purchases")
+    return dsn, heavy
 
 
 def sample_users(dsn: str, n: int, seed: int) -> list[tuple[str, str]]:

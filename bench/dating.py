@@ -52,20 +52,9 @@ DECK_PATH = "/functions/v1/recommendations"
 
 def prepare(admin_dsn: str, users: int, log: Any) -> str:
     """The seeded database (kept between runs)."""
-    import psycopg
-
-    from edgefn.migrate import MigrationError
     from edgefn.seed import seed
 
-    try:
-        with harness.scratch_database(admin_dsn, DB_NAME, keep=True) as dsn:
-            pass
-    except MigrationError as exc:  # kept from before a migration was renumbered or edited
-        log(f"the kept {DB_NAME} cannot be migrated ({exc}); seeding it anew")
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{DB_NAME}" with (force)')
-        with harness.scratch_database(admin_dsn, DB_NAME, keep=True) as dsn:
-            pass
+    dsn = harness.kept_database(admin_dsn, DB_NAME, log)
     started = time.perf_counter()
     seed(dsn, users, log=lambda m: log(f"  seed: {m}"))
     log(f"dataset ready in {time.perf_counter() - started:.1f} s")

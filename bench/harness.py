@@ -78,6 +78,39 @@ def scratch_database(admin_dsn: str, name: str | None = None, keep: bool = False
                 conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+def round_trips(apps: Any) -> dict[str, int]:
+    """Postgres and Redis round trips of these function apps' services in this process (a
+    bench server's /stats); only services already built are read, none is opened."""
+    out = {"db": 0, "kv": 0}
+    for fn in apps:
+        svc = fn._services
+        if svc is None:
+            continue
+        if svc._db is not None:
+            out["db"] += svc._db.round_trips
+        if svc._kv is not None:
+            out["kv"] += svc._kv.round_trips
+    return out
+
+
+def kept_database(admin_dsn: str, name: str, log: Any = print) -> str:
+    """A database kept between benchmark runs (seeded data is costly), migrated; rebuilt
+    empty when a migration changed since it was kept."""
+    import psycopg
+
+    from edgefn.migrate import MigrationError
+
+    try:
+        with scratch_database(admin_dsn, name, keep=True) as dsn:
+            return dsn
+    except MigrationError as exc:
+        log(f"rebuilding {name}: {exc}")
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+    with scratch_database(admin_dsn, name, keep=True) as dsn:
+        return dsn
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

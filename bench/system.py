@@ -71,20 +71,9 @@ def log(msg: str) -> None:
 
 def prepare(admin_dsn: str, users: int) -> str:
     """The seeded database, kept between runs (re-seeded when the size differs)."""
-    import psycopg
-
-    from edgefn.migrate import MigrationError
     from edgefn.seed import seed
 
-    name = f"edgefn_bench_system_{users}"
-    try:
-        with harness.scratch_database(admin_dsn, name, keep=True) as dsn:
-            pass
-    except MigrationError:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
-        with harness.scratch_database(admin_dsn, name, keep=True) as dsn:
-            pass
+    dsn = harness.kept_database(admin_dsn, f"edgefn_bench_system_{users}", log)
     started = time.perf_counter()
     seed(dsn, users, log=lambda m: log(f"  seed: {m}"))
     log(f"dataset ({users:,} users) ready in {time.perf_counter() - started:.1f} s")

@@ -385,10 +385,11 @@ class ObservabilityMiddleware:
 def _where(exc: BaseException) -> str:
     """file:line:function of the innermost frame that raised (the log line says where a 500
     came from without a traceback)."""
+    import os
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "?"
     f = frames[-1]
-    return f"{f.filename.rsplit('/', 2)[-2:][-1] if '/' in f.filename else f.filename}:{f.lineno}:{f.name}"
+    return f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bench.harness import round_trips
 from functions.batch_swipe.handler import fn as swipe_fn
 from functions.recommendations.handler import fn as deck_fn
 
@@ -14,16 +15,7 @@ APPS = {"/functions/v1/batch-swipe": swipe_fn, "/functions/v1/recommendations": 
 
 
 def _counters() -> dict[str, int]:
-    out = {"db": 0, "kv": 0}
-    for fn in APPS.values():
-        svc = fn._services  # only what was built: reading the counters must not open pools
-        if svc is None:
-            continue
-        if svc._db is not None:
-            out["db"] += svc._db.round_trips
-        if svc._kv is not None:
-            out["kv"] += svc._kv.round_trips
-    return out
+    return round_trips(APPS.values())
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

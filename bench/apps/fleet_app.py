@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bench.harness import round_trips
 from edgefn.dev import LocalGateway
 from functions import FUNCTIONS
 
@@ -38,16 +39,7 @@ def _apps() -> dict[str, Any]:
 
 
 def _counters(apps: dict[str, Any]) -> dict[str, int]:
-    out = {"pid": os.getpid(), "db": 0, "kv": 0}
-    for fn in apps.values():
-        svc = fn._services  # only what was built: reading the counters must not open pools
-        if svc is None:
-            continue
-        if svc._db is not None:
-            out["db"] += svc._db.round_trips
-        if svc._kv is not None:
-            out["kv"] += svc._kv.round_trips
-    return out
+    return {"pid": os.getpid(), **round_trips(apps.values())}
 
 
 class FleetApp(LocalGateway):
