@@ -123,6 +123,8 @@ class FunctionApp:
         self.description = description
         self.settings_cls = settings
         self.routes: list[RouteSpec] = []
+        #: (method, path) -> route, for matches of routes without path parameters
+        self._static_matches: dict[tuple[str, str], RouteSpec] = {}
         self.base = PREFIX + name
         self._settings = settings_values
         self._services = services
@@ -138,6 +140,7 @@ class FunctionApp:
             self.routes.append(
                 RouteSpec(method=method.upper(), path=path, endpoint=fn, name=opts.pop("name", fn.__name__), **opts)
             )
+            self._static_matches.clear()
             return fn
 
         return register
@@ -241,12 +244,20 @@ class FunctionApp:
         return path or "/"
 
     def match(self, method: str, path: str) -> tuple[RouteSpec | None, dict[str, Any], list[str]]:
+        static = self._static_matches.get((method, path))
+        if static is not None:
+            return static, {}, []
         allowed: list[str] = []
         for route in self.routes:
             m = route.regex.match(path)
             if not m:
                 continue
             if route.method == method or (method == "HEAD" and route.method == "GET"):
+                if not route.param_convertors:
+                    # a route without parameters matches one path only: remember it (the
+                    # table is as small as the route list)
+                    self._static_matches[(method, path)] = route
+                    return route, {}, allowed
                 params = {k: route.param_convertors[k].convert(v) for k, v in m.groupdict().items()}
                 return route, params, allowed
             allowed.append(route.method)
@@ -289,7 +300,7 @@ class FunctionApp:
         )
         try:
             if route.query is not None:
-                ctx.query = parse_model(route.query, dict(request.query_params), "query")
+                ctx.query = parse_model(route.query, dict(ctx.query_params), "query")
             if route.body is not None and not route.raw_body:
                 ctx.body = await self._parse_body(route, request)
             return await self._pipeline.run(ctx, route, lambda: self._call_endpoint(ctx, route))

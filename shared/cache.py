@@ -117,8 +117,8 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 class ResponseCache:
     def __init__(self, kv: KV) -> None:
         self.kv = kv
-        #: in-process single flight: key -> future of the payload being computed
-        #: entry key -> (payload, etag, "hit" or "stale") of the computation in flight
+        #: in-process single flight: entry key -> future of the computation in flight's
+        #: (payload, etag, "hit" or "stale")
         self._inflight: dict[str, asyncio.Future[tuple[Payload, str, str]]] = {}
 
     def version_key(self, scope: str) -> str:
@@ -148,18 +148,31 @@ class ResponseCache:
     async def release(self, lock_key: str) -> None:
         await self.kv.delete(lock_key)
 
-    async def wait_for_entry(self, entry_key: str, version: str | None, now_ms: int, budget_ms: int) -> Entry | None:
-        """Another process holds the lock: poll briefly for its result."""
+    async def wait_for_result(
+        self, entry_key: str, lock_key: str, version: str | None, now_ms: int, budget_ms: int
+    ) -> tuple[Payload, str, str] | None:
+        """Someone else holds the lock: share its result, as (payload, etag, "hit" or
+        "stale"). A computation in this process is awaited (it may start after this request
+        learnt the lock was taken: replies can arrive out of order); one in another process
+        is polled for briefly. None when no fresh entry came in time, or when the lock was
+        released without one (the holder failed): the caller then computes it itself."""
         waited = 0
         delay = 0.01
-        while waited < budget_ms:
+        while True:
+            inflight = self._inflight.get(entry_key)
+            if inflight is not None:
+                return await asyncio.shield(inflight)
+            if waited >= budget_ms:
+                return None
             await asyncio.sleep(delay)
             waited += int(delay * 1000)
-            entry = decode_entry(await self.kv.get(entry_key))
-            if entry is not None and entry.version == (version or "0") and entry.fresh_until_ms > now_ms:
-                return entry
+            raw, locked = await self.kv.pipeline([["GET", entry_key], ["EXISTS", lock_key]])
+            entry = decode_entry(raw if isinstance(raw, str) else None)
+            if entry is not None and entry.is_fresh(version, now_ms):
+                return entry.payload, entry.etag, "hit"
+            if locked == 0 and entry_key not in self._inflight:
+                return None
             delay = min(delay * 2, 0.1)
-        return None
 
     async def bump(self, scope: str) -> int:
         """Invalidate every cached response that depends on `scope` (one INCR)."""

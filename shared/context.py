@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from urllib.parse import parse_qsl
+
 from starlette.requests import Request
 
 if TYPE_CHECKING:
@@ -39,6 +41,17 @@ def header_map(scope: dict[str, Any]) -> dict[str, str]:
     return cached  # type: ignore[no-any-return]
 
 
+def query_map(scope: dict[str, Any]) -> dict[str, str]:
+    """The query string as a dict (the last value of a repeated name wins, as with
+    `dict(request.query_params)`), built once per request; an empty query costs nothing."""
+    cached = scope.get("_edgefn_query")
+    if cached is None:
+        raw = scope.get("query_string", b"")
+        cached = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+        scope["_edgefn_query"] = cached
+    return cached  # type: ignore[no-any-return]
+
+
 @dataclass(slots=True)
 class RequestContext:
     request: Request
@@ -60,6 +73,10 @@ class RequestContext:
     @property
     def headers(self) -> dict[str, str]:
         return header_map(self.request.scope)
+
+    @property
+    def query_params(self) -> dict[str, str]:
+        return query_map(self.request.scope)
 
     def end_user(self, what: str = "this is") -> str:
         """The caller's user id, for routes that act on a signed-in user's own data: a

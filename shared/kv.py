@@ -1,6 +1,6 @@
 """A small key-value port with two backends, every call under a deadline:
 
-- `RedisKV`: Redis over TCP through `shared.resp` (asyncio streams + hiredis; Cloud Run,
+- `RedisKV`: Redis over TCP through `shared.resp` (an asyncio protocol + hiredis; Cloud Run,
   local, ElastiCache);
 - `UpstashKV`: the upstash-redis asyncio client's HTTP transport over REST (Lambda), with
   its 3 s retry sleep turned off.
@@ -160,7 +160,7 @@ class KV:
 
 
 class RedisKV(KV):
-    """Redis over TCP through `shared.resp` (asyncio streams + hiredis). RESP2 replies, like
+    """Redis over TCP through `shared.resp` (an asyncio protocol + hiredis). RESP2 replies, like
     Upstash's. No retries inside a call; a connection whose exchange was cut short by the
     deadline is closed, so no reply is ever read twice."""
 

@@ -2,8 +2,12 @@
 
     auth -> rate limit -> edge cache -> handler
 
-A step is `async (ctx, route, call_next) -> Response` and may answer early. Steps return
-or raise domain errors; `shared.app` maps those to status codes in one place.
+Auth and rate limiting are checks, `async (ctx, route) -> None`, run one after the other:
+they answer early by raising a domain error (`shared.app` maps those to status codes in
+one place) and record what they learnt on the context. The edge cache is the one step
+around the handler, `async (ctx, route, call_next) -> Response`: it may answer without
+calling it. Checks do not wrap what follows them, so a request waiting on Redis or the
+database resumes through as few coroutine frames as possible.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 Next = Callable[[], Awaitable[Response]]
-Step = Callable[[RequestContext, "RouteSpec", Next], Awaitable[Response]]
+Check = Callable[[RequestContext, "RouteSpec"], Awaitable[None]]
+Around = Callable[[RequestContext, "RouteSpec", Next], Awaitable[Response]]
 
 
 def client_ip(ctx: RequestContext, settings: CoreSettings) -> str:
@@ -61,7 +66,7 @@ class AuthStep:
     def verifier(self) -> TokenVerifier:
         return self.services.verifier
 
-    async def __call__(self, ctx: RequestContext, route: RouteSpec, call_next: Next) -> Response:
+    async def __call__(self, ctx: RequestContext, route: RouteSpec) -> None:
         if route.auth != "public":
             token = bearer_token(ctx.headers)
             if token is not None:
@@ -78,7 +83,6 @@ class AuthStep:
                     ctx.tier = "admin"
                 else:
                     ctx.tier = ctx.principal.tier_hint or "free"
-        return await call_next()
 
 
 class RateLimitStep:
@@ -104,10 +108,10 @@ class RateLimitStep:
             return route.rate
         return None if route.auth == "public" else self.default_rule
 
-    async def __call__(self, ctx: RequestContext, route: RouteSpec, call_next: Next) -> Response:
+    async def __call__(self, ctx: RequestContext, route: RouteSpec) -> None:
         rule = self.rule_for(route)
         if rule is None:
-            return await call_next()
+            return
         p = ctx.principal
         identity = p.user_id if p is not None else "ip:" + ctx.client_ip
         hint = ctx.tier if p is not None else "anonymous"
@@ -136,7 +140,7 @@ class RateLimitStep:
                 ) from None
             metrics.incr("ratelimit.fail_open")
             ctx.state["cache_bypass"] = True
-            return await call_next()
+            return
         ctx.tier = decision.tier if p is not None else "anonymous"
         ctx.response_headers.update(decision.headers())
         ctx.metadata["rate_limit"] = {"limit": decision.limit, "remaining": max(decision.remaining, 0), "reset": decision.reset_seconds}
@@ -149,7 +153,6 @@ class RateLimitStep:
         if cache_keys is not None:
             ctx.state["decision"] = decision
             ctx.state["cache_keys"] = cache_keys
-        return await call_next()
 
     def _remember_tier(self, user_id: str, hint: str | None) -> None:
         """Redis had no tier: store the token's, else the database's, off the hot path.
@@ -185,7 +188,7 @@ def cache_keys_for(cache: ResponseCache, ctx: RequestContext, route: RouteSpec) 
     if policy is None or ctx.request.method not in ("GET", "HEAD"):
         return None
     principal = "public" if policy.scope == "public" else (ctx.principal.user_id if ctx.principal else "ip:" + ctx.client_ip)
-    params = ctx.query.model_dump(mode="json") if ctx.query is not None else dict(ctx.request.query_params)
+    params = ctx.query.model_dump(mode="json") if ctx.query is not None else dict(ctx.query_params)
     params.update(ctx.path_params)
     scope = policy.version(ctx) if policy.version is not None else None
     return cache.keys_for(ctx.route_name, principal, params, scope)
@@ -225,17 +228,15 @@ class EdgeCacheStep:
         if entry is not None and entry.is_fresh(decision.version, decision.now_ms):
             return self._serve(ctx, policy, entry.payload, entry.etag, "hit")
         if not decision.lock:
-            inflight = self.cache._inflight.get(entry_key)
-            if inflight is not None:
-                # shared with the request computing it: "stale" when that one served stale
-                payload, etag, status = await asyncio.shield(inflight)
-                return self._serve(ctx, policy, payload, etag, status)
+            # shared with the request computing it: "stale" when that one served stale
             try:
-                waited = await self.cache.wait_for_entry(entry_key, decision.version, decision.now_ms, policy.lock_ms // 3)
+                shared = await self.cache.wait_for_result(
+                    entry_key, lock_key, decision.version, decision.now_ms, policy.lock_ms // 3
+                )
             except KVUnavailable:
-                waited = None
-            if waited is not None:
-                return self._serve(ctx, policy, waited.payload, waited.etag, "hit")
+                shared = None
+            if shared is not None:
+                return self._serve(ctx, policy, *shared)
         return await self._compute(ctx, route, policy, call_next, decision, entry, keys)
 
     async def _compute(
@@ -312,31 +313,19 @@ NO_LIMIT = RateRule(name="none", window_seconds=1)
 
 
 class Pipeline:
-    def __init__(self, settings: Any, services: Services, steps: list[Step] | None = None) -> None:
+    """auth -> rate limit (+ cache lookup, same round trip) -> edge cache -> handler."""
+
+    def __init__(self, settings: Any, services: Services) -> None:
         self.settings = settings
         self.services = services
-        if steps is None:
-            steps = default_steps(settings, services)
-        self.steps = steps
+        self.checks: tuple[Check, ...] = (AuthStep(services), RateLimitStep(services, settings_rule(settings)))
+        self.around: Around = EdgeCacheStep(services)
 
     async def run(self, ctx: RequestContext, route: RouteSpec, endpoint: Next) -> Response:
         ctx.client_ip = client_ip(ctx, self.settings)
-
-        async def call(i: int) -> Response:
-            if i == len(self.steps):
-                return await endpoint()
-            return await self.steps[i](ctx, route, lambda: call(i + 1))
-
-        return await call(0)
-
-
-def default_steps(settings: CoreSettings, services: Services) -> list[Step]:
-    """auth -> rate limit (+ cache lookup, same round trip) -> edge cache."""
-    return [
-        AuthStep(services),
-        RateLimitStep(services, settings_rule(settings)),
-        EdgeCacheStep(services),
-    ]
+        for check in self.checks:
+            await check(ctx, route)
+        return await self.around(ctx, route, endpoint)
 
 
 def settings_rule(settings: Any) -> RateRule:

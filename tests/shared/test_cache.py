@@ -189,6 +189,56 @@ async def test_requests_sharing_a_computation_that_served_stale_say_stale(setup:
         assert {r.headers["x-cache-status"] for r in rs} == {"stale"}
 
 
+def lock_holder_answered_last(services: Services) -> None:
+    """Make the request that wins the single-flight lock learn it 50 ms after the others
+    learn they lost it (replies over several connections can arrive in any order)."""
+    limiter = services.rate_limiter
+    check = limiter.check
+
+    async def delayed(*args: Any, **kwargs: Any) -> Any:
+        decision = await check(*args, **kwargs)
+        if decision.lock:
+            await asyncio.sleep(0.05)
+        return decision
+
+    limiter.check = delayed  # type: ignore[method-assign]
+
+
+async def test_a_waiter_answered_before_the_lock_holder_shares_its_computation(setup: Any) -> None:
+    """A request told "the lock is taken" may run before the lock holder has started
+    computing: it must still share that computation (here a stale fallback), not poll Redis
+    for an entry that is never stored and then run the handler itself."""
+    c, backend, services, user, auth = setup
+    async with c:
+        await c.get("/mine", headers=auth)
+        await services.response_cache.bump(f"mine:{user}")
+        backend.down, backend.delay = True, 0.2
+        lock_holder_answered_last(services)
+        rs = await asyncio.gather(*(c.get("/mine", headers=auth) for _ in range(5)))
+        assert [r.status_code for r in rs] == [200] * 5
+        assert backend.calls == 2  # the first request's, then the lock holder's only
+        assert {r.headers["x-cache-status"] for r in rs} == {"stale"}
+
+
+async def test_waiters_stop_waiting_when_the_lock_holder_gives_up_without_an_entry(setup: Any) -> None:
+    """The holder failed at once (database down, stale served, nothing stored) and released
+    the lock before the others looked for its result: they compute it themselves as soon as
+    they see the lock gone, instead of polling for the whole wait budget (lock_ms / 3)."""
+    c, backend, services, user, auth = setup
+    async with c:
+        await c.get("/mine", headers=auth)
+        await services.response_cache.bump(f"mine:{user}")
+        backend.down = True
+        lock_holder_answered_last(services)
+        started = asyncio.get_running_loop().time()
+        rs = await asyncio.gather(*(c.get("/mine", headers=auth) for _ in range(5)))
+        elapsed = asyncio.get_running_loop().time() - started
+        assert [r.status_code for r in rs] == [200] * 5
+        assert {r.headers["x-cache-status"] for r in rs} == {"stale"}
+        assert backend.calls == 6  # each fell back to the stale entry itself
+        assert elapsed < 1.0, f"the waiters polled for {elapsed:.2f} s; the budget is 1.67 s"
+
+
 async def test_public_scope_and_default_no_store(setup: Any) -> None:
     c, backend, _, _, auth = setup
     async with c:
