@@ -7,8 +7,8 @@ Prints requests per second and p50/p99 for
   (a) a bare route with no middleware,
   (b) a route that returns a Redis value with one GET,
   (c) the full stack on a cached authenticated route,
-the ratio (c)/(b) (goal: at least 0.7), and the Redis and Postgres round trips per request
-for (c) (goal: 1 and 0). Then upstash-ratelimit's sliding window beside our limiter,
+the server's CPU per request, the ratio (c)/(b) (goal: at least 0.7), and the Redis and
+Postgres round trips per request for (c) (goal: 1 and 0). Then upstash-ratelimit's sliding window beside our limiter,
 both through the Upstash REST protocol (the bridge) to the same Redis.
 """
 
@@ -45,7 +45,7 @@ def run_http(admin_dsn: str, redis_url: str, duration: float, connections: int, 
             "SUPABASE_JWKS": json.dumps(public_jwks(key)),
             "REDIS_TIMEOUT_MS": "1000",
         }
-        with harness.server("bench.apps.middleware_app:app", env, ready_path="/bare") as port:
+        with harness.server_process("bench.apps.middleware_app:app", env, ready_path="/bare") as (port, pid):
             host = f"127.0.0.1:{port}"
             tokens = [mint(key, user_id=str(uuid.uuid4()), tier="paid", issuer=ISSUER) for _ in range(8)]
             scenarios = {
@@ -67,9 +67,14 @@ def run_http(admin_dsn: str, redis_url: str, duration: float, connections: int, 
             for _ in range(rounds):
                 for name, reqs in scenarios.items():
                     before = httpx.get(f"http://{host}/stats").json()
+                    cpu_before = harness.cpu_seconds(pid)
                     res = asyncio.run(closed_loop("127.0.0.1", port, reqs, connections=connections, duration=duration, warmup=0))
+                    cpu_after = harness.cpu_seconds(pid)
                     after = httpx.get(f"http://{host}/stats").json()
                     summary = res.summary()
+                    # the server's own CPU per request (one worker: it is the bottleneck
+                    # when it nears one core's worth of CPU seconds per second)
+                    summary["server_cpu_us_per_request"] = round((cpu_after - cpu_before) / max(res.count, 1) * 1e6, 1)
                     summary["redis_round_trips_per_request"] = round((after["kv"] - before["kv"]) / max(res.count, 1), 3)
                     summary["postgres_round_trips_per_request"] = round((after["db"] - before["db"]) / max(res.count, 1), 3)
                     runs[name].append(summary)
@@ -153,10 +158,13 @@ async def _limiters(url: str, token: str, duration: float, concurrency: int) -> 
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"middleware benchmark: {report['machine']}", report["note"], ""]
-    lines.append(f"{'scenario':<46}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    lines.append(f"{'scenario':<46}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'server CPU us/req':>19}")
     for name, s in report["http"]["scenarios"].items():
         rounds = "/".join(f"{r:.0f}" for r in s["rps_rounds"])
-        lines.append(f"{name:<46}{s['rps']:>9.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['non_2xx'] + s['errors']:>9}   rounds {rounds}")
+        lines.append(
+            f"{name:<46}{s['rps']:>9.0f}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['non_2xx'] + s['errors']:>9}"
+            f"{s['server_cpu_us_per_request']:>19.0f}   rounds {rounds}"
+        )
     c = list(report["http"]["scenarios"].values())[2]
     lines += [
         "",
