@@ -6,7 +6,7 @@ Realtime / FCM / APNs stand-ins, with real Postgres and Redis.
 
 Three runs, each on an emptied ledger, the function served by uvicorn (2 workers, so
 drainers in different processes compete for the same rows), 32 concurrent signed ingests
-(each ingest drains a little) plus two scheduled-drain loops (`POST /drain`):
+(each starts a background drain after its response) plus two scheduled-drain loops (`POST /drain`):
 
 1. baseline: no batching (one Realtime message per request, one push per event);
 2. the orchestrator as configured (Realtime batches, pushes coalesced within the window);

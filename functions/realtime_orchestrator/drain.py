@@ -119,6 +119,12 @@ class Orchestrator:
         self._senders: dict[str, FcmSender | ApnsSender | None] | None = None
         self._throttle_streak = 0
         self._push_slots: asyncio.Semaphore | None = None
+        #: the background drain after ingests (at most one per process) and whether an
+        #: ingest stored something since it last looked
+        self._background: asyncio.Task[None] | None = None
+        self._more = False
+        #: background drains run (tests and benchmarks read it)
+        self.background_drains = 0
         fail_fast_on_missing_sniffio()
 
     # -- collaborators --------------------------------------------------------------------
@@ -185,6 +191,32 @@ class Orchestrator:
                 break
             await self.sleep(max(due_in, 0.01))
         return report
+
+    def drain_soon(self) -> None:
+        """Deliver what an ingest just stored, after its response, in this process. One
+        background drain at a time: ingests that arrive while it runs only ask it for one
+        more pass, so under load one drain batches what many ingests stored. What it does
+        not finish (a budget spent, a provider down, the process stopping) stays in the
+        outbox for the scheduled drain; leases and the delivery ledger keep it exactly once."""
+        self._more = True
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._drain_in_background())
+
+    async def _drain_in_background(self) -> None:
+        budget = self.settings.ingest_drain_budget_seconds
+        while self._more:
+            self._more = False
+            self.background_drains += 1
+            try:
+                await self.drain(budget=budget, wait=False)
+            except Exception as exc:  # the outbox keeps the events; the scheduled drain retries
+                json_log.log("warning", "background drain after ingest failed", error=repr(exc))
+                return
+
+    async def wait_background(self) -> None:
+        """Wait for the background drain, if one is running (tests, shutdown)."""
+        while self._background is not None and not self._background.done():
+            await asyncio.shield(self._background)
 
     async def next_due_in(self) -> float | None:
         row = await self.services.db.fetchrow(q.NEXT_DUE, {"now": self.now()}, service=True)

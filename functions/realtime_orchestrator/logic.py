@@ -1,4 +1,4 @@
-"""What the routes do: ingest (verify, normalise, store in the outbox, drain a little),
+"""What the routes do: ingest (verify, normalise, store in the outbox, start the drain),
 the inbox (a user's own events after a cursor, under RLS) and the drain trigger."""
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ async def ingest(ctx: RequestContext) -> Accepted:
     }, service=True)
     accepted = Accepted(event_id=event_id, event_type=event_type, duplicate=row is None)
     if settings.drain_on_ingest and row is not None:
+        if not settings.ingest_drains_inline:
+            orch.drain_soon()
+            return accepted
         try:
             report = await orch.drain(budget=settings.ingest_drain_budget_seconds, wait=False, max_rounds=1,
                                       limit=settings.ingest_drain_batch)

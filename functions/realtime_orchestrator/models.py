@@ -37,7 +37,9 @@ class Accepted(BaseModel):
     event_type: str | None = None
     duplicate: bool = Field(False, description="this event was accepted before; nothing new was stored")
     ignored: str | None = Field(None, description="why a database webhook produced no event")
-    drained: dict[str, Any] | None = Field(None, description="what the drain run after ingest did")
+    drained: dict[str, Any] | None = Field(
+        None, description="what the drain run before answering did (inline mode, on Lambda); null when it runs after the response"
+    )
 
 
 class InboxQuery(BaseModel):

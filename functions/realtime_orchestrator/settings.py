@@ -4,6 +4,9 @@ Every provider URL is a setting, so tests and the benchmark point them at local 
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
 from pydantic import field_validator
 
 from shared.settings import CoreSettings, csv
@@ -21,10 +24,15 @@ class RealtimeOrchestratorSettings(CoreSettings):
     #: `POST /drain` (a cron, EventBridge over HTTP): `Authorization: Bearer <this>`; the
     #: service role key is accepted too
     orchestrator_drain_secret: str | None = None
-    #: drain what was just ingested before answering (bounded by the budget below)
+    #: start delivering what was just ingested at once (the scheduled drain delivers it otherwise)
     drain_on_ingest: bool = True
+    #: how: "background" answers as soon as the event is stored and drains in this process
+    #: after the response, one drain at a time however many ingests ask (it batches what
+    #: they stored); "inline" drains a little before answering, for Lambda, which freezes
+    #: the process once the response is sent; "auto" is inline on Lambda, else background
+    ingest_drain_mode: Literal["auto", "inline", "background"] = "auto"
     ingest_drain_budget_seconds: float = 2.0
-    #: each step's batch in the drain after an ingest (small: the sender is waiting)
+    #: each step's batch in the inline drain (small: the sender is waiting)
     ingest_drain_batch: int = 50
     drain_budget_seconds: float = 20.0
 
@@ -80,6 +88,13 @@ class RealtimeOrchestratorSettings(CoreSettings):
     @classmethod
     def _secrets(cls, v: object) -> tuple[str, ...]:
         return csv(v)  # type: ignore[arg-type]
+
+    @property
+    def ingest_drains_inline(self) -> bool:
+        """Whether ingest drains before answering (see `ingest_drain_mode`)."""
+        if self.ingest_drain_mode == "auto":
+            return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        return self.ingest_drain_mode == "inline"
 
     @property
     def broadcast_url(self) -> str:

@@ -78,6 +78,9 @@ def orch_settings(base_env: dict[str, Any], provider_fake_server: ProviderFake, 
         "apns_private_key": provider_keys["apns_private"],
         "push_timeout_seconds": 2.0,
         "realtime_timeout_seconds": 2.0,
+        # the drain after an ingest runs before the response, so a test reads its effects
+        # (and its report) as soon as the ingest returns; test_ingest covers "background"
+        "ingest_drain_mode": "inline",
     }
 
 

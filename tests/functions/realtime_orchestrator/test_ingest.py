@@ -60,6 +60,61 @@ async def test_a_signed_event_is_stored_once_and_delivered(
     assert len(await deliveries(database_url, data["event_id"])) == 1
 
 
+async def test_in_background_mode_ingest_answers_first_and_delivers_after(
+    client_for: Any, orch_settings: dict[str, Any], database_url: str, fake: ProviderFake
+) -> None:
+    """Off Lambda, ingest answers once the event is stored; the drain runs after the response."""
+    from functions.realtime_orchestrator.logic import orchestrator_for
+
+    client = client_for(fn, **{**orch_settings, "ingest_drain_mode": "background"})
+    u = await create_user(database_url)
+    raw, headers = signed({"type": "like.received", "data": {"from": "someone"}, "recipients": [u]})
+    resp = await client.post(URL, content=raw, headers=headers)
+    assert resp.status_code == 202, resp.text
+    data = resp.json()["data"]
+    assert data["duplicate"] is False and data["drained"] is None
+    orch = orchestrator_for(fn.services, fn.settings)  # type: ignore[arg-type]
+    await orch.wait_background()
+    assert orch.background_drains >= 1
+    row = await outbox_row(database_url, data["event_id"])
+    assert row is not None and row[-1] is True  # processed
+    assert [m["payload"]["event_id"] for m in fake.broadcasts() if m["topic"] == f"user:{u}"] == [data["event_id"]]
+
+
+async def test_concurrent_ingests_share_background_drains_and_deliver_each_event_once(
+    client_for: Any, orch_settings: dict[str, Any], database_url: str, fake: ProviderFake
+) -> None:
+    import asyncio
+
+    from functions.realtime_orchestrator.logic import orchestrator_for
+
+    client = client_for(fn, **{**orch_settings, "ingest_drain_mode": "background"})
+    users = [await create_user(database_url) for _ in range(20)]
+    bodies = [signed({"type": "like.received", "recipients": [u]}) for u in users]
+    results = await asyncio.gather(*(client.post(URL, content=raw, headers=h) for raw, h in bodies))
+    assert {r.status_code for r in results} == {202}
+    orch = orchestrator_for(fn.services, fn.settings)  # type: ignore[arg-type]
+    await orch.wait_background()
+    assert 1 <= orch.background_drains < len(users)  # one drain batched several ingests
+    for u, r in zip(users, results, strict=True):
+        event_id = r.json()["data"]["event_id"]
+        assert [m["payload"]["event_id"] for m in fake.broadcasts() if m["topic"] == f"user:{u}"] == [event_id]
+        assert len(await deliveries(database_url, event_id)) == 1
+
+
+def test_the_ingest_drain_mode_follows_the_platform(orch_settings: dict[str, Any], monkeypatch: Any) -> None:
+    """Lambda freezes the process once the response is sent, so there the drain runs inline."""
+    from functions.realtime_orchestrator.settings import RealtimeOrchestratorSettings
+
+    auto = RealtimeOrchestratorSettings.load(env={}, **{**orch_settings, "ingest_drain_mode": "auto"})
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    assert auto.ingest_drains_inline is False
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "realtime-orchestrator-prod")
+    assert auto.ingest_drains_inline is True
+    background = RealtimeOrchestratorSettings.load(env={}, **{**orch_settings, "ingest_drain_mode": "background"})
+    assert background.ingest_drains_inline is False
+
+
 async def test_concurrent_duplicates_store_one_event(client: Any, database_url: str) -> None:
     import asyncio
 
