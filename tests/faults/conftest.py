@@ -522,12 +522,15 @@ def recovery_seconds(samples: list[Sample], since: float, ok: Callable[[Sample],
     return max(late) - since if late else 0.0
 
 
-async def worker_pids(base_url: str, tries: int = 40) -> set[int]:
-    """The uvicorn workers' pids, from /stats on fresh connections (the kernel spreads them)."""
+async def worker_pids(base_url: str, expect: int = 2, budget: float = 15.0) -> set[int]:
+    """The uvicorn workers' pids, from /stats on fresh connections, asked until `expect`
+    different workers answered or `budget` seconds passed. The kernel does not spread
+    connections evenly (a busy worker may take many in a row), so a few tries can miss one."""
     u = urlsplit(base_url)
     raw = build_request("GET", "/stats", u.netloc, {"Connection": "close"})
     pids: set[int] = set()
-    for _ in range(tries):
+    deadline = time.monotonic() + budget
+    while len(pids) < expect and time.monotonic() < deadline:
         conn = Connection(u.hostname or "127.0.0.1", int(u.port or 80))
         try:
             status, body = await conn.send(raw, timeout=5)
@@ -537,8 +540,6 @@ async def worker_pids(base_url: str, tries: int = 40) -> set[int]:
             await asyncio.sleep(0.1)
         finally:
             await conn.close()
-        if len(pids) >= 2:
-            break
     return pids
 
 
