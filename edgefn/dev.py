@@ -117,16 +117,9 @@ class LocalGateway:
         await response(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for services in self.services:
-                    with contextlib.suppress(Exception):
-                        await services.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        from shared.app import lifespan
+
+        await lifespan(receive, send, self.services)
 
 
 # -- checks on configured services ---------------------------------------------------------

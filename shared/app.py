@@ -191,15 +191,7 @@ class FunctionApp:
         await self._stack(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._services is not None:
-                    await self._services.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send, [self._services] if self._services is not None else [])
 
     def _build_stack(self) -> Callable[..., Awaitable[None]]:
         from shared.cors import CORSMiddleware
@@ -339,6 +331,23 @@ class FunctionApp:
         return JSONResponse(
             success_body(result, ctx.metadata), status_code=route.status_code, headers=ctx.response_headers
         )
+
+
+async def lifespan(receive: Any, send: Any, services: Any) -> None:
+    """An ASGI lifespan: nothing to do at startup (pools open on first use); at shutdown,
+    close each of `services` (an iterable, read then), none stopping the others."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            for s in services:
+                try:
+                    await s.aclose()
+                except Exception:  # noqa: BLE001 - shutting down anyway
+                    pass
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class ObservabilityMiddleware:

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from bench.harness import round_trips
 from edgefn.dev import LocalGateway
 from functions import FUNCTIONS
+from shared.app import lifespan
 
 
 async def _bare_endpoint(request: Request) -> JSONResponse:
@@ -44,19 +45,8 @@ def _counters(apps: dict[str, Any]) -> dict[str, int]:
 
 class FleetApp(LocalGateway):
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for fn in self.apps.values():
-                    if fn._services is not None:
-                        try:
-                            await fn._services.aclose()
-                        except Exception:  # noqa: BLE001 - shutting down anyway
-                            pass
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        # each function's services, read at shutdown (they are built on first use)
+        await lifespan(receive, send, (fn._services for fn in self.apps.values() if fn._services is not None))
 
     async def _local(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
         if path == "/bare":  # the floor: no middleware, no I/O, as a bare Starlette route
