@@ -7,6 +7,12 @@ Each file runs in its own transaction and is recorded in `public.edgefn_migratio
 the sha256 of its bytes. An applied file that changed, or disappeared, is refused: fix
 forward with a new file. Two runners at once are safe: each migration transaction takes
 a transaction-level advisory lock and re-checks the record before applying.
+
+A migration's number is its name up to the first underscore ("0010a" in
+"0010a_dashboard_index_lookups"); two files with the same number are refused, so the
+order never depends on the words after it. A file that had to be renamed is listed in
+`RENAMED`: a database that applied it under its old name has its record renamed (same
+checksum) before anything else runs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "sql" / "migrations"
 #: pg_advisory_xact_lock key shared by every runner ("edgefn" in ASCII)
 LOCK_KEY = 0x6564_6765_666E
 CONNECT_TIMEOUT_S = 10
+#: old version -> new version, for files renamed after they shipped (bytes unchanged)
+RENAMED = {
+    # two files were numbered 0014; the second is the first's continuation
+    "0014_push_reserve": "0014a_push_reserve",
+}
 
 _BOOTSTRAP_SQL = """
 create table if not exists public.edgefn_migrations (
@@ -56,7 +67,14 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     if not directory.is_dir():
         raise MigrationError(f"no migrations folder at {directory}")
     found = []
+    numbers: dict[str, str] = {}
     for path in sorted(directory.glob("*.sql")):
+        number = path.stem.split("_", 1)[0]
+        if number in numbers:
+            raise MigrationError(
+                f"migrations {numbers[number]} and {path.name} share the number {number}; give one a new number"
+            )
+        numbers[number] = path.name
         data = path.read_bytes()
         found.append(Migration(path.stem, path, data.decode("utf-8"), hashlib.sha256(data).hexdigest()))
     return found
@@ -80,7 +98,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, str]:
     rows = conn.execute("select version, checksum from public.edgefn_migrations").fetchall()
-    return {str(v): str(c) for v, c in rows}
+    return {RENAMED.get(str(v), str(v)): str(c) for v, c in rows}
 
 
 def _check(migrations: list[Migration], applied: dict[str, str]) -> list[Migration]:
@@ -108,6 +126,12 @@ def _bootstrap(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(_BOOTSTRAP_SQL)
+        for old, new in RENAMED.items():
+            conn.execute(
+                "update public.edgefn_migrations set version = %s where version = %s"
+                " and not exists (select 1 from public.edgefn_migrations where version = %s)",
+                (new, old, new),
+            )
 
 
 def pending_migrations(dsn: str, directory: Path | None = None) -> list[str]:

@@ -121,7 +121,7 @@ left join public.notification_preferences p on p.user_id = c.user_id::uuid
 order by c.id
 """
 
-# Push cap: take up to n of each user's remaining pushes for the day, atomically (0014).
+# Push cap: take up to n of each user's remaining pushes for the day, atomically (0014a).
 RESERVE_PUSHES = """
 select user_id::text as user_id, granted
 from public.reserve_pushes(%s::uuid[], %s::date[], %s::int[], %s::int[])

@@ -74,7 +74,7 @@ def test_new_file_is_applied_and_out_of_order_file_refused(
     apply_migrations(dsn, migrations_copy)
     (migrations_copy / "9000_extra.sql").write_text("create table public.extra (id int primary key);")
     assert apply_migrations(dsn, migrations_copy) == ["9000_extra"]
-    (migrations_copy / "0001_5_late.sql").write_text("select 1;")
+    (migrations_copy / "0001a_late.sql").write_text("select 1;")
     with pytest.raises(MigrationError, match="sorts before"):
         apply_migrations(dsn, migrations_copy)
 
@@ -203,3 +203,26 @@ def test_embedding_path_matches_the_server(database_url: str) -> None:
             assert index is not None and "hnsw" in index[0] and "vector_cosine_ops" in index[0]
         else:
             assert index is None
+
+
+def test_migration_numbers_are_unique(migrations_copy: Path) -> None:
+    numbers = [p.stem.split("_", 1)[0] for p in sorted(MIGRATIONS_DIR.glob("*.sql"))]
+    assert len(numbers) == len(set(numbers)), sorted(n for n in numbers if numbers.count(n) > 1)
+    (migrations_copy / "0013_twin.sql").write_text("select 1;\n")
+    with pytest.raises(MigrationError, match="share the number 0013"):
+        load_migrations(migrations_copy)
+
+
+def test_a_database_that_applied_a_renamed_file_keeps_its_record(scratch_db: Callable[[], str]) -> None:
+    from edgefn.migrate import RENAMED
+
+    dsn = scratch_db()
+    apply_migrations(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as recorded before the rename
+        for old, new in RENAMED.items():
+            conn.execute("update public.edgefn_migrations set version = %s where version = %s", (old, new))
+    from edgefn.migrate import pending_migrations
+
+    assert pending_migrations(dsn) == []
+    assert apply_migrations(dsn) == []
+    assert set(recorded(dsn)) == set(ALL)
