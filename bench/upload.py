@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             "DATABASE_URL": dsn, "REDIS_URL": svc.redis_url, "KEY_PREFIX": "bench:" + uuid.uuid4().hex[:6],
             "JWT_ISSUER": ISSUER, "SUPABASE_JWKS": json.dumps(public_jwks(key)), "REDIS_TIMEOUT_MS": "1000",
             "R2_ENDPOINT_URL": endpoint, "R2_BUCKET": bucket, "R2_ACCESS_KEY_ID": "bench", "R2_SECRET_ACCESS_KEY": "bench",
+            "R2_PUBLIC_URL": f"{endpoint}/{bucket}",
             "RATE_LIMIT_FREE": "1000000", "UPLOAD_HOURLY_FREE": "1000000", "UPLOAD_DAILY_MIB_FREE": "100000000",
         }  # fmt: skip
         report = {

@@ -287,6 +287,8 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
         r2_configured = bool(env.get("R2_ENDPOINT_URL") or env.get("R2_ACCOUNT_ID"))
         if database_url:
             lines.append(f"postgres  DATABASE_URL ({_check_database(database_url)})")
+        if r2_configured:
+            _check_storage_settings()
         if redis_url:
             _check_redis(redis_url)
             lines.append("redis     REDIS_URL")
@@ -319,6 +321,8 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
                     r2_bucket=bucket,
                     r2_access_key_id=s3.access_key_id,
                     r2_secret_access_key=s3.secret_access_key,
+                    # moto serves objects without a signature, like a public bucket's domain
+                    r2_public_url=f"{endpoint}/{bucket}",
                 )
                 lines.append(f"storage   embedded S3 (moto) at {endpoint}, bucket {bucket}; in memory: uploads vanish on restart")
             else:
@@ -358,6 +362,18 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
     finally:
         signals.phase = "stopping"
         stack.close()
+
+
+def _check_storage_settings() -> None:
+    """A configured R2 needs its public URL (upload-media's settings say why): refused before
+    anything starts, in one line."""
+    from functions.upload_media.settings import UploadMediaSettings
+    from shared.settings import ConfigError
+
+    try:
+        UploadMediaSettings.load()
+    except ConfigError as exc:
+        raise CommandError(f"upload-media: {exc}") from None
 
 
 def _configure_functions(explicit: dict[str, Any]) -> tuple[dict[str, FunctionApp], list[Services]]:

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import glob
 import importlib.util
+import json
 import os
 import pwd
 import shutil
@@ -534,6 +535,13 @@ S3_ACCESS_KEY = "edgefn-local"
 S3_SECRET_KEY = "edgefn-local-secret"
 
 
+def public_read_policy(bucket: str) -> str:
+    """A bucket policy that lets anyone GET objects (what a public R2 bucket serves)."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*",
+    }]})
+
+
 class EmbeddedS3:
     """moto's S3 server in this process (threads, no child process) on 127.0.0.1.
 
@@ -566,7 +574,8 @@ class EmbeddedS3:
         return self.endpoint
 
     def create_bucket(self, name: str) -> None:
-        """Create `name` (no error when it exists)."""
+        """Create `name` (no error when it exists), publicly readable like an R2 bucket behind
+        its public URL: the URLs upload-media returns load without a signature."""
         import boto3
 
         assert self.endpoint is not None, "start() first"
@@ -581,6 +590,8 @@ class EmbeddedS3:
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
+        try:
+            client.put_bucket_policy(Bucket=name, Policy=public_read_policy(name))
         finally:
             client.close()
 

@@ -84,6 +84,8 @@ class Storage:
         return self._client
 
     def public_url(self, key: str) -> str:
-        if self.public_base_url:
-            return f"{self.public_base_url}/{key}"
-        return f"{self.endpoint_url}/{self.bucket}/{key}"
+        """The object's public URL. Never one on the S3 API endpoint: R2 serves objects
+        publicly only from the bucket's r2.dev URL or a custom domain (R2_PUBLIC_URL)."""
+        if not self.public_base_url:
+            raise ConfigError("R2_PUBLIC_URL is not set: objects have no public URL")
+        return f"{self.public_base_url}/{key}"

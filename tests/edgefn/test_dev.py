@@ -197,6 +197,18 @@ def test_printed_curl_commands_work_as_printed(dev: DevServer) -> None:
     assert all(shlex.split(c)[0] == "curl" for c in commands)
 
 
+def test_an_upload_returns_a_url_that_loads(dev: DevServer) -> None:
+    """The embedded S3 stand-in gets a public URL, as a configured R2 must (R2_PUBLIC_URL)."""
+    token = next(ln for ln in dev.lines if ln.startswith("TOKEN=")).removeprefix("TOKEN=")
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200)
+    with httpx.Client(base_url=dev.base, timeout=20) as client:
+        r = client.post("/functions/v1/upload-media", headers={"authorization": f"Bearer {token}"},
+                        data={"bucket": "avatars"}, files={"file": ("me.png", png, "image/png")})
+        assert r.status_code == 201, r.text
+        got = httpx.get(r.json()["data"]["url"], timeout=10)  # no credentials, as a browser loads it
+    assert got.status_code == 200 and got.content == png
+
+
 def test_sigint_stops_the_server_and_everything_it_started(dev: DevServer) -> None:
     """Runs last in this module: it stops the shared server."""
     children = descendants(dev.proc.pid)
@@ -255,6 +267,12 @@ def test_unreachable_database_is_a_one_line_error(tmp_path: Path) -> None:
     result = run_dev(tmp_path, free_port(), DATABASE_URL="postgresql://postgres@127.0.0.1:1/postgres")
     assert_one_line_error(result, "DATABASE_URL", "127.0.0.1:1")
     assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_r2_without_a_public_url_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_dev(tmp_path, free_port(), R2_ACCOUNT_ID="acct", R2_BUCKET="media")
+    assert_one_line_error(result, "R2_PUBLIC_URL", "custom domain")
+    assert not (tmp_path / "data" / "pg").exists()  # checked before starting anything
 
 
 def test_sigterm_while_starting_leaves_nothing(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ def s3(s3_endpoint: str, base_env: dict[str, Any]) -> Iterator[Any]:
     """A plain S3 client on moto, with the run's bucket created (what the tests inspect)."""
     import boto3
 
+    from edgefn.embedded import public_read_policy
+
     client = boto3.session.Session().client(
         "s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
         region_name="us-east-1",
@@ -35,6 +37,8 @@ def s3(s3_endpoint: str, base_env: dict[str, Any]) -> Iterator[Any]:
         client.create_bucket(Bucket=base_env["r2_bucket"])
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
+    # served publicly, as an R2 bucket is behind R2_PUBLIC_URL
+    client.put_bucket_policy(Bucket=base_env["r2_bucket"], Policy=public_read_policy(base_env["r2_bucket"]))
     client.bucket_name = base_env["r2_bucket"]
     yield client
     client.close()
