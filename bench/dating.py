@@ -116,7 +116,8 @@ def cleanup(dsn: str, since: datetime, ids: list[str]) -> dict[str, int]:
 
 def explain(dsn: str, user: str, max_distance_km: float | None) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the deck's candidate query, as `public.deck` runs it for
-    `user` (it reports its plans as notices when the session sets edgefn.deck_explain)."""
+    `user` (it reports its plans as notices when the session sets edgefn.deck_explain): as
+    the service role with the user's claims, as the recommendations function calls it."""
     import psycopg
 
     lines: list[str] = []
@@ -125,7 +126,7 @@ def explain(dsn: str, user: str, max_distance_km: float | None) -> str:
         with conn.transaction():
             conn.execute("set local edgefn.deck_explain = on")
             conn.execute(
-                "select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
+                "select set_config('role', 'service_role', true), set_config('request.jwt.claims', %s, true)",
                 (json.dumps({"sub": user, "role": "authenticated"}),),
             )
             started = time.perf_counter()

@@ -67,7 +67,7 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
     )
     try:
         rows = await ctx.services.db.fetch(
-            DECK_SQL, params, principal=ctx.principal, read_only=settings.deck_use_read_replica
+            DECK_SQL, params, principal=ctx.principal, service=True, read_only=settings.deck_use_read_replica
         )
     except Exception as exc:
         mapped = _map_db_error(exc)

@@ -45,10 +45,12 @@ def _settings(ctx: RequestContext) -> UploadMediaSettings:
 
 def _owner(ctx: RequestContext) -> str:
     """The caller's id as it appears in keys. A verified token's `sub` is a uuid on
-    Supabase; anything else never becomes part of a key."""
+    Supabase; anything else never becomes part of a key. A service token owns no media:
+    rows are written as the service for the caller, whose claims name the owner."""
     uid = ctx.user_id.lower()
     if not _UUID.match(uid):
         raise errors.Forbidden("this token's subject cannot own media", code="INVALID_SUBJECT")
+    ctx.end_user("media is")
     return uid
 
 
@@ -107,7 +109,7 @@ async def _record(
     params = {"owner": owner, "bucket": bucket, "key": key, "content_type": content_type, "size": size}
     db = ctx.services.db
     try:
-        row = await db.fetchrow(queries.INSERT, params, principal=ctx.principal)
+        row = await db.fetchrow(queries.INSERT, params, principal=ctx.principal, service=True)
         if row is None:  # recorded already (a repeated or concurrent confirm)
             row = await db.fetchrow(queries.SELECT_BY_KEY, params, principal=ctx.principal)
             if row is None or row["status"] != "stored":
@@ -234,9 +236,9 @@ async def delete(ctx: RequestContext) -> Deleted:
         raise errors.ValidationFailed("the id is not a uuid", code="INVALID_ID") from None
     _owner(ctx)
     db = ctx.services.db
-    row = await db.fetchrow(queries.MARK_DELETED, {"id": media_id}, principal=ctx.principal)
+    row = await db.fetchrow(queries.MARK_DELETED, {"id": media_id}, principal=ctx.principal, service=True)
     if row is None:  # missing, or someone else's (RLS hides it): the same answer
         raise errors.NotFound("no such media", code="MEDIA_NOT_FOUND")
     await MediaStore.of(ctx.services).delete(row["object_key"])
-    await db.fetch(queries.DELETE, {"id": media_id}, principal=ctx.principal)
+    await db.fetch(queries.DELETE, {"id": media_id}, principal=ctx.principal, service=True)
     return Deleted(id=media_id)

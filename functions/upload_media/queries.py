@@ -1,5 +1,10 @@
-"""SQL of upload-media. Every statement runs as the caller (RLS on `media_objects`: a user
-sees and writes only their own rows), in one round trip each."""
+"""SQL of upload-media, one round trip each.
+
+Reads run as the caller (row level security: a user sees only their own rows). Writes run
+as the service acting for the verified caller (`service=True` with the principal): users
+hold no write privilege on `media_objects`, so a row exists only for an object this
+function checked. Under the service role row level security does not apply, so every
+write names its owner as `auth.uid()` (the verified caller's claims), never a parameter."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ COLUMNS = "id, bucket, object_key, content_type, size_bytes, status, created_at"
 #: is answered by SELECT_BY_KEY (a concurrent duplicate is not visible to this statement)
 INSERT = f"""
 insert into public.media_objects (owner_id, bucket, object_key, content_type, size_bytes, status)
-values (%(owner)s, %(bucket)s, %(key)s, %(content_type)s, %(size)s, 'stored')
+values ((select auth.uid()), %(bucket)s, %(key)s, %(content_type)s, %(size)s, 'stored')
 on conflict (object_key) do nothing
 returning {COLUMNS}
 """
@@ -32,8 +37,8 @@ limit %(limit)s
 #: the object is gone, so a failed delete can be retried)
 MARK_DELETED = """
 update public.media_objects set status = 'deleted'
-where id = %(id)s and status in ('stored', 'deleted')
+where id = %(id)s and owner_id = (select auth.uid()) and status in ('stored', 'deleted')
 returning object_key
 """
 
-DELETE = "delete from public.media_objects where id = %(id)s and status = 'deleted'"
+DELETE = "delete from public.media_objects where id = %(id)s and owner_id = (select auth.uid()) and status = 'deleted'"

@@ -95,10 +95,6 @@ async def test_user_cannot_write_rows_owned_by_someone_else(db: Database, world:
         ("insert into public.budgets (user_id, monthly_limit) values (%s, 1)", (b,)),
         ("insert into public.goals (user_id, title, target_amount) values (%s, 'x', 1)", (b,)),
         ("insert into public.blocks (blocker_id, blocked_id) values (%s, %s)", (b, a)),
-        (
-            "insert into public.media_objects (owner_id, bucket, object_key) values (%s, 'avatars', %s)",
-            (b, f"avatars/{uuid.uuid4()}"),
-        ),
     ]
     for sql, params in writes:
         with pytest.raises(pg.InsufficientPrivilege, match="row-level security"):
@@ -122,6 +118,15 @@ async def test_user_cannot_write_rows_owned_by_someone_else(db: Database, world:
 @pytest.mark.parametrize(
     "sql",
     [
+        # media rows are written by upload-media as the service, after it checked the object
+        "insert into public.media_objects (owner_id, bucket, object_key, status) "
+        "values (%s, 'avatars', 'avatars/' || %s || '/x.png', 'stored')",
+        "update public.media_objects set status = 'stored' where owner_id = %s",
+        "delete from public.media_objects where owner_id = %s",
+        # server-owned profile columns
+        "update public.profiles set score = 1e6 where id = %s",
+        "update public.profiles set hidden = false, deleted_at = null where id = %s",
+        "update public.profiles set last_active_at = now() where id = %s",
         "insert into public.user_tiers (user_id, tier) values (%s, 'admin') "
         "on conflict (user_id) do update set tier = 'admin'",
         "insert into public.subscriptions (user_id, provider, provider_ref, status) "
@@ -134,7 +139,7 @@ async def test_user_cannot_write_rows_owned_by_someone_else(db: Database, world:
 async def test_service_only_tables_refuse_users(db: Database, world: dict[str, Any], sql: str) -> None:
     with pytest.raises(pg.InsufficientPrivilege):
         async with db.as_user(user(world["a"])) as conn:
-            await conn.execute(sql, (world["a"],))
+            await conn.execute(sql, (world["a"],) * sql.count("%s"))
 
 
 async def test_service_role_reads_and_writes_everything(db: Database, world: dict[str, Any]) -> None:
@@ -207,23 +212,22 @@ async def test_anon_reads_reference_data_only(database_url: str) -> None:
             await conn.execute("select * from public.profiles")
 
 
-async def test_blocked_either_way_sees_what_the_user_cannot(db: Database, world: dict[str, Any]) -> None:
-    a, b, c = world["a"], world["b"], world["c"]
+async def test_blocked_either_way_is_the_services(db: Database, world: dict[str, Any]) -> None:
+    """Who blocked you is the blocker's secret: users see their own blocks only, and the
+    definer helper that sees both directions is the service's (apply_swipes, deck)."""
+    a, c = world["a"], world["c"]
     async with db.as_user(user(a)) as conn:
         assert await count(conn, "select count(*) from public.blocks") == 0  # C's block is C's row
-        cur = await conn.execute("select public.blocked_either_way(%s)::text", (a,))
-        assert [r[0] for r in await cur.fetchall()] == [c]
-    async with db.as_user(user(c)) as conn:
-        cur = await conn.execute("select id::text from public.blocked_either_way(%s) as id", (c,))
-        assert [r[0] for r in await cur.fetchall()] == [a]
-    # nobody may ask about somebody else ...
-    with pytest.raises(pg.InsufficientPrivilege):
-        async with db.as_user(user(a)) as conn:
-            await conn.execute("select public.blocked_either_way(%s)", (b,))
-    # ... except the service
+    for asked in (a, c):
+        with pytest.raises(pg.InsufficientPrivilege, match="permission denied for function"):
+            async with db.as_user(user(a)) as conn:
+                await conn.execute("select public.blocked_either_way(%s)", (asked,))
     async with db.as_service() as conn:
         cur = await conn.execute("select public.blocked_either_way(%s)::text", (a,))
         assert [r[0] for r in await cur.fetchall()] == [c]
+    async with db.transaction(principal=user(c), service=True) as conn:  # the service for a user
+        cur = await conn.execute("select id::text from public.blocked_either_way(%s) as id", (c,))
+        assert [r[0] for r in await cur.fetchall()] == [a]
 
 
 async def test_enqueue_event_from_a_service_transaction_for_a_user(
@@ -269,16 +273,20 @@ async def test_swipe_and_match_constraints(db: Database, database_url: str) -> N
     with pytest.raises(pg.CheckViolation):
         await f.block(database_url, x, x)
 
-    # the helpers answer a user about themselves only, from rows RLS hides from them
+    # the helpers are the service's; acting for a user, they answer about that user only
     insert_match = "insert into public.matches (user_a, user_b) values (%s, %s)"
     await f.add_swipe(database_url, x, y, "like")
-    async with db.as_user(user(x)) as conn:
+    for sql, params in (("select public.mutual_likes(%s, %s)", (x, [y])), ("select public.is_mutual_like(%s, %s)", (x, y))):
+        with pytest.raises(pg.InsufficientPrivilege, match="permission denied for function"):
+            async with db.as_user(user(x)) as conn:
+                await conn.execute(sql, params)
+    async with db.transaction(principal=user(x), service=True) as conn:
         cur = await conn.execute("select public.mutual_likes(%s, %s)", (x, [y]))
         assert await cur.fetchall() == []
         cur = await conn.execute("select public.is_mutual_like(%s, %s)", (x, y))
         assert await cur.fetchone() == (False,)
     await f.add_swipe(database_url, y, x, "superlike")
-    async with db.as_user(user(y)) as conn:
+    async with db.transaction(principal=user(y), service=True) as conn:
         cur = await conn.execute("select public.mutual_likes(%s, %s)::text", (y, [x, str(uuid.uuid4())]))
         assert [r[0] for r in await cur.fetchall()] == [x]
         cur = await conn.execute("select public.is_mutual_like(%s, %s)", (x, y))
@@ -287,14 +295,6 @@ async def test_swipe_and_match_constraints(db: Database, database_url: str) -> N
         await conn.execute(insert_match, (lo, hi))
         with pytest.raises(pg.UniqueViolation):  # exactly one match per pair
             await conn.execute(insert_match, (lo, hi))
-    # a third person cannot create (or ask about) that pair
-    z = await f.create_user(database_url)
-    async with db.as_user(user(z)) as conn:
-        cur = await conn.execute("select public.is_mutual_like(%s, %s)", (x, y))
-        assert await cur.fetchone() == (False,)
-    with pytest.raises(pg.InsufficientPrivilege):
-        async with db.as_user(user(z)) as conn:
-            await conn.execute("select public.mutual_likes(%s, %s)", (x, [y]))
 
 
 async def test_embeddings_and_ranking_helpers(db: Database, database_url: str) -> None:
@@ -303,20 +303,26 @@ async def test_embeddings_and_ranking_helpers(db: Database, database_url: str) -
     # refused by the check, or first by the vector(64) cast where pgvector is installed
     with pytest.raises((pg.CheckViolation, pg.DataException)):
         await f.set_embedding(database_url, me, [1.0] * 63)
-    async with db.as_user(user(me)) as conn:
+    async with db.as_user(user(me)) as conn:  # one's own embedding, nobody else's
+        cur = await conn.execute("select user_id::text from public.profile_embeddings where user_id = any(%s)", ([me, near],))
+        assert [r[0] for r in await cur.fetchall()] == [me]
+        assert await count(conn, "select count(*) from public.profile_embeddings") == 1
+        with pytest.raises(pg.InsufficientPrivilege):
+            await conn.execute("update public.profile_embeddings set model = 'x' where user_id = %s", (me,))
+    for helper in ("select public.cosine_similarity('{1}', '{1}')", "select public.has_pgvector()"):
+        with pytest.raises(pg.InsufficientPrivilege, match="permission denied for function"):
+            async with db.as_user(user(me)) as conn:
+                await conn.execute(helper)
+    async with db.as_service() as conn:
         cur = await conn.execute(
-            "select public.cosine_similarity(mine.embedding, theirs.embedding) "
+            "select public.cosine_similarity(mine.embedding, theirs.embedding), public.has_pgvector() "
             "from public.profile_embeddings mine, public.profile_embeddings theirs "
             "where mine.user_id = %s and theirs.user_id = %s",
             (me, near),
         )
         row = await cur.fetchone()
         assert row is not None and row[0] == pytest.approx(0.9 / (0.82**0.5), rel=1e-6)
-        cur = await conn.execute("select public.has_pgvector()")
-        row = await cur.fetchone()
-        assert row is not None and isinstance(row[0], bool)
-        with pytest.raises(pg.InsufficientPrivilege):
-            await conn.execute("update public.profile_embeddings set model = 'x' where user_id = %s", (me,))
+        assert isinstance(row[1], bool)
 
 
 async def test_geo_helpers(database_url: str) -> None:

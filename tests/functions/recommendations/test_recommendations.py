@@ -246,16 +246,19 @@ async def fn_client_without_token(deck: Any) -> httpx.Response:
     return await client.get("/functions/v1/recommendations")
 
 
-async def test_the_deck_function_is_the_callers_only(database_url: str, world: World) -> None:
-    """public.deck takes nobody's id: it answers for auth.uid(), and refuses a transaction
-    without one; anon may not call it at all."""
+async def test_the_deck_function_is_no_rest_endpoint(database_url: str, world: World) -> None:
+    """public.deck is executable by the service role only: the rate-limited recommendations
+    route calls it for the verified caller. A user (or anon) calling it directly, as the
+    REST API would, is refused; and it answers for auth.uid() only, never without one."""
+    for role, claims in (("authenticated", f'{{"sub": "{world.me}", "role": "authenticated"}}'), ("anon", "{}")):
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await conn.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
+                               (role, claims))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function deck"):
+                await conn.execute("select * from public.deck(5)")
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         await conn.execute("select set_config('role', 'service_role', true)")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await conn.execute("select * from public.deck(5)")
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        await conn.execute("set local role anon")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no user"):
             await conn.execute("select * from public.deck(5)")
 
 
