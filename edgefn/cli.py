@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "seed": ("edgefn.seed", "load deterministic demo data"),
     "token": ("edgefn.tokens", "mint a local access token shaped like Supabase's"),
     "openapi": ("edgefn.openapi", "print the OpenAPI document of every function's routes"),
+    "config": ("edgefn.config", "the configuration reference, or what a function loads here"),
     "package": ("edgefn.package", "build a reproducible Lambda zip per function"),
     "webhooks": ("edgefn.webhooks_cli", "webhook maintenance: replay stored deliveries"),
     "outbox": ("edgefn.outbox_cli", "realtime outbox maintenance: status, dead letters"),

@@ -194,9 +194,11 @@ class FunctionApp:
         await lifespan(receive, send, [self._services] if self._services is not None else [])
 
     def _build_stack(self) -> Callable[..., Awaitable[None]]:
+        from shared import observability
         from shared.cors import CORSMiddleware
         from shared.pipeline import Pipeline
 
+        observability.configure(self.settings)
         self._pipeline = Pipeline(self.settings, self.services)
         inner: Any = self._dispatch
         inner = CORSMiddleware(inner, self.settings)

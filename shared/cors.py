@@ -11,13 +11,9 @@ from starlette.responses import Response
 
 from shared.context import header_map
 from shared.envelope import JSONResponse, error_body
-from shared.settings import Settings
+from shared.settings import DEFAULT_CORS_ALLOW_HEADERS, Settings
 
 ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
-ALLOW_HEADERS = (
-    "authorization, x-client-info, apikey, content-type, x-api-version, if-none-match, "
-    "idempotency-key, x-supabase-authorization"
-)
 EXPOSE_HEADERS = (
     "etag, x-request-id, ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, "
     "x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, x-cache-status"
@@ -31,6 +27,7 @@ class CORSMiddleware:
         self.allow_all = "*" in origins
         self.origins = frozenset(o.rstrip("/") for o in origins if o != "*")
         self.max_age = str(getattr(settings, "cors_max_age", 600))
+        self.allow_headers = ", ".join(getattr(settings, "cors_allow_headers", DEFAULT_CORS_ALLOW_HEADERS))
 
     def allowed(self, origin: str) -> bool:
         return self.allow_all or origin.rstrip("/") in self.origins
@@ -76,7 +73,7 @@ class CORSMiddleware:
             {
                 "Access-Control-Allow-Origin": "*" if self.allow_all else origin,
                 "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Allow-Headers": self.allow_headers,
                 "Access-Control-Max-Age": self.max_age,
             }
         )

@@ -34,8 +34,8 @@ class JsonLogger:
 
     def __init__(self, stream: Any = None, enabled: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        if enabled is None:
-            enabled = os.environ.get("EDGEFN_ACCESS_LOG", "1") not in ("0", "false", "no")
+        if enabled is None:  # until a function's settings say (`configure`): tools, bench
+            enabled = os.environ.get("EDGEFN_ACCESS_LOG", "1").lower() not in ("0", "false", "no", "off")
         self.enabled = enabled
         self._lock = threading.Lock()
         try:
@@ -86,10 +86,19 @@ class _Sentry:
     def __init__(self) -> None:
         self._initialised = False
         self._lock = threading.Lock()
+        self.dsn: str | None = None
+        self.traces_sample_rate = 0.0
+        self.environment = "dev"
+
+    def configure(self, settings: Any) -> None:
+        """Take SENTRY_DSN, SENTRY_TRACES_SAMPLE_RATE and EDGEFN_STAGE from the settings."""
+        self.dsn = settings.sentry_dsn
+        self.traces_sample_rate = settings.sentry_traces_sample_rate
+        self.environment = settings.edgefn_stage
 
     @property
     def enabled(self) -> bool:
-        return bool(os.environ.get("SENTRY_DSN"))
+        return bool(self.dsn)
 
     def _init(self) -> Any:
         with self._lock:
@@ -97,10 +106,10 @@ class _Sentry:
 
             if not self._initialised:
                 sentry_sdk.init(
-                    dsn=os.environ["SENTRY_DSN"],
-                    traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "0")),
+                    dsn=self.dsn,
+                    traces_sample_rate=self.traces_sample_rate,
                     send_default_pii=False,
-                    environment=os.environ.get("EDGEFN_STAGE", "dev"),
+                    environment=self.environment,
                 )
                 self._initialised = True
             return sentry_sdk
@@ -119,3 +128,9 @@ class _Sentry:
 
 
 sentry = _Sentry()
+
+
+def configure(settings: Any) -> None:
+    """Apply a function's settings (EDGEFN_ACCESS_LOG, Sentry's keys) to this process."""
+    json_log.enabled = settings.edgefn_access_log
+    sentry.configure(settings)

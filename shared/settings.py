@@ -27,7 +27,11 @@ class ConfigError(RuntimeError):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    """Every field is a configuration key (its environment variable is the field's name in
+    upper case, or its alias). The docstring under a field is its description: it is what
+    `edgefn config --markdown` writes into docs/configuration.md."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -65,54 +69,115 @@ def csv(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+#: what supabase-js sends (`functions.invoke()` and the REST client), plus what our routes read
+DEFAULT_CORS_ALLOW_HEADERS = (
+    "authorization", "apikey", "content-type", "x-client-info", "x-region", "x-supabase-api-version",
+    "x-supabase-authorization", "x-api-version", "if-none-match", "idempotency-key",
+)
+
+
 class CoreSettings(Settings):
     """Keys every function reads. Each function subclasses this with only its own keys."""
 
-    # Postgres (Supabase: the Supavisor transaction pooler, port 6543)
+    # -- Postgres ---------------------------------------------------------------------------
     database_url: str | None = None
+    """Postgres connection string. On Supabase, the Supavisor transaction pooler (port 6543);
+    handlers never rely on session state, so transaction pooling is safe."""
     database_read_url: str | None = None
+    """Optional read replica for read-heavy routes that opt in (DASHBOARD_USE_READ_REPLICA,
+    DECK_USE_READ_REPLICA)."""
     db_pool_max: int = 10
+    """Most connections one process (one Lambda instance, one Cloud Run container) keeps open."""
     db_connect_timeout_s: float = 5.0
+    """Deadline for opening a Postgres connection, in seconds."""
     db_statement_timeout_ms: int = 5000
-    # Redis: TCP (REDIS_URL) or Upstash REST (UPSTASH_REDIS_REST_URL + _TOKEN)
-    redis_url: str | None = None
-    upstash_redis_rest_url: str | None = None
-    upstash_redis_rest_token: str | None = None
-    redis_timeout_ms: int = 50
-    key_prefix: str = "edgefn"
-    # Supabase auth
-    supabase_url: str | None = None
-    supabase_jwt_secret: str | None = None
-    supabase_jwks_url: str | None = None
-    supabase_jwks: str | None = None  # inline JWKS JSON (offline / tests / local server)
-    jwt_issuer: str | None = None
-    jwt_audience: str = "authenticated"
-    jwt_leeway_seconds: int = 30
-    jwks_cache_seconds: int = 600
-    jwks_refresh_cooldown_seconds: int = 30
-    supabase_anon_key: str | None = None
-    supabase_service_role_key: str | None = None
-    # outbound HTTP (JWKS, Realtime, FCM, APNs): a circuit breaker per provider opens after
-    # this many consecutive failures and lets one trial call through after the reset time
-    breaker_failure_threshold: int = Field(default=5, ge=1)
-    breaker_reset_seconds: float = Field(default=30.0, gt=0)
-    # rate limits per tier (requests per window) for routes that don't set their own
-    rate_limit_anonymous: int = 10
-    rate_limit_free: int = 100
-    rate_limit_paid: int = 500
-    rate_limit_admin: int = 1000
-    rate_limit_window_seconds: int = 60
-    # HTTP edge
-    cors_origins: tuple[str, ...] = ()
-    cors_max_age: int = 600
-    #: header the trusted proxy sets with the client address (e.g. cloudfront-viewer-address,
-    #: x-forwarded-for). Unset: the socket peer is the client.
-    trusted_proxy_header: str | None = None
-    trusted_proxy_hops: int = 1
-    sentry_dsn: str | None = None
-    stage: str = "dev"
+    """Postgres `statement_timeout` set on every connection, in milliseconds."""
 
-    @field_validator("cors_origins", mode="before")
+    # -- Redis: TCP (REDIS_URL) or Upstash REST (UPSTASH_REDIS_REST_URL + _TOKEN) ------------
+    redis_url: str | None = None
+    """Redis over TCP (`redis://` or `rediss://`), for Cloud Run and local runs."""
+    upstash_redis_rest_url: str | None = None
+    """Upstash Redis REST URL (Lambda); used when REDIS_URL is not set."""
+    upstash_redis_rest_token: str | None = None
+    """Upstash Redis REST token (secret)."""
+    redis_timeout_ms: int = 50
+    """Deadline for every Redis call, in milliseconds; past it each route fails open or
+    closed as it declares."""
+    key_prefix: str = "edgefn"
+    """Prefix of every Redis key, so several deployments (or test runs) can share one Redis."""
+
+    # -- Supabase auth ------------------------------------------------------------------------
+    supabase_url: str | None = None
+    """The Supabase project URL; the JWKS URL, the token issuer and the Realtime URL derive
+    from it."""
+    supabase_jwt_secret: str | None = None
+    """Legacy HS256 JWT secret (secret). Only where the project still signs tokens with it;
+    unset, HS256 tokens are refused."""
+    supabase_jwks_url: str | None = None
+    """JWKS URL; default `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`."""
+    supabase_jwks: str | None = None
+    """An inline JWKS document (JSON), instead of fetching one: offline runs and the local
+    server."""
+    jwt_issuer: str | None = None
+    """Expected `iss` claim; default `<SUPABASE_URL>/auth/v1`."""
+    jwt_audience: str = "authenticated"
+    """Expected `aud` claim."""
+    jwt_leeway_seconds: int = 30
+    """Clock skew allowed on `exp` and `nbf`, in seconds."""
+    jwks_cache_seconds: int = 600
+    """How long fetched signing keys are trusted before a refresh, in seconds (at most 600,
+    Supabase's own edge cache)."""
+    jwks_refresh_cooldown_seconds: int = 30
+    """Least time between two JWKS fetches caused by tokens with an unknown `kid`."""
+    supabase_service_role_key: str | None = None
+    """The service role key (secret): sent to Supabase Realtime's broadcast API, and accepted
+    as the bearer of internal routes such as the orchestrator's `/drain`."""
+
+    # -- outbound HTTP (JWKS, Realtime, FCM, APNs, Paystack, RevenueCat) ---------------------
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """A provider's circuit breaker opens after this many consecutive failures."""
+    breaker_reset_seconds: float = Field(default=30.0, gt=0)
+    """An open breaker lets one trial call through after this many seconds."""
+
+    # -- rate limits per tier (requests per window) for routes that don't set their own -----
+    rate_limit_anonymous: int = 10
+    """Requests per window for callers without a token (identified by client address)."""
+    rate_limit_free: int = 100
+    """Requests per window for the free tier."""
+    rate_limit_paid: int = 500
+    """Requests per window for the paid tier."""
+    rate_limit_admin: int = 1000
+    """Requests per window for the admin tier."""
+    rate_limit_window_seconds: int = 60
+    """The sliding window of the per-tier limits, in seconds."""
+
+    # -- HTTP edge --------------------------------------------------------------------------
+    cors_origins: tuple[str, ...] = ()
+    """Comma-separated origins allowed to call from a browser (`https://app.example.com`);
+    `*` allows any origin, without credentials. Empty: no cross-origin calls."""
+    cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
+    """Comma-separated request headers a browser may send cross-origin (answered in
+    `Access-Control-Allow-Headers`). The default covers every header supabase-js sends."""
+    cors_max_age: int = 600
+    """How long a browser may cache a preflight answer, in seconds."""
+    trusted_proxy_header: str | None = None
+    """Header the trusted proxy sets with the client address (`cloudfront-viewer-address`,
+    `x-forwarded-for`). Unset: the socket peer is the client."""
+    trusted_proxy_hops: int = 1
+    """With `x-forwarded-for`: how many trusted proxies append to it; the client is that many
+    entries from the right."""
+
+    # -- observability ----------------------------------------------------------------------
+    sentry_dsn: str | None = None
+    """Enables Sentry error reporting (sentry-sdk is imported only then)."""
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of requests Sentry traces (0 to 1)."""
+    edgefn_stage: str = "dev"
+    """The deployment's stage (`dev`, `prod` ...): Sentry's environment. The deploy files set it."""
+    edgefn_access_log: bool = True
+    """One JSON log line per request on stderr."""
+
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod
     def _csv(cls, v: object) -> tuple[str, ...]:
         return csv(v)  # type: ignore[arg-type]

@@ -211,6 +211,7 @@ def base_env(database_url: str, redis_url: str, jwks_server: JWKSServer, s3_endp
         "r2_secret_access_key": "testing",
         # moto serves objects without a signature, as a public bucket's r2.dev URL does
         "r2_public_url": f"{s3_endpoint}/media-{RUN_ID}",
+        "edgefn_access_log": False,
     }
 
 

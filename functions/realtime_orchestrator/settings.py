@@ -14,75 +14,101 @@ from shared.settings import CoreSettings, csv
 
 class RealtimeOrchestratorSettings(CoreSettings):
     # -- ingest ---------------------------------------------------------------------------
-    #: Standard Webhooks secrets for internal events (`whsec_<base64>`), comma-separated:
-    #: several at once while a secret is rotated
     orchestrator_webhook_secrets: tuple[str, ...] = ()
+    """Standard Webhooks secrets for internal events (`whsec_<base64>`), comma-separated:
+    several at once while a secret is rotated (secret)."""
     webhook_tolerance_seconds: int = 300
-    #: Supabase database webhooks: the header the webhook is configured to send and its value
+    """How far a signed event's timestamp may be from now, in seconds (replay protection)."""
     db_webhook_header: str = "x-webhook-secret"
+    """Supabase database webhooks: the header the webhook is configured to send and its value"""
     db_webhook_secret: str | None = None
-    #: `POST /drain` (a cron, EventBridge over HTTP): `Authorization: Bearer <this>`; the
-    #: service role key is accepted too
+    """The value Supabase database webhooks send in DB_WEBHOOK_HEADER (secret); unset, they are refused."""
     orchestrator_drain_secret: str | None = None
-    #: start delivering what was just ingested at once (the scheduled drain delivers it otherwise)
+    """`POST /drain` (a cron, EventBridge over HTTP): `Authorization: Bearer <this>`; the
+    service role key is accepted too (secret)."""
     drain_on_ingest: bool = True
-    #: how: "background" answers as soon as the event is stored and drains in this process
-    #: after the response, one drain at a time however many ingests ask (it batches what
-    #: they stored); "inline" drains a little before answering, for Lambda, which freezes
-    #: the process once the response is sent; "auto" is inline on Lambda, else background
+    """Start delivering what was just ingested at once (the scheduled drain delivers it
+    otherwise)"""
     ingest_drain_mode: Literal["auto", "inline", "background"] = "auto"
+    """How: "background" answers as soon as the event is stored and drains in this process after
+    the response, one drain at a time however many ingests ask (it batches what they stored);
+    "inline" drains a little before answering, for Lambda, which freezes the process once the
+    response is sent; "auto" is inline on Lambda, else background"""
     ingest_drain_budget_seconds: float = 2.0
-    #: each step's batch in the inline drain (small: the sender is waiting)
+    """Time the drain after an ingest may take, in seconds."""
     ingest_drain_batch: int = 50
+    """Each step's batch in the inline drain (small: the sender is waiting)"""
     drain_budget_seconds: float = 20.0
+    """Time one scheduled `/drain` may take, in seconds."""
 
     # -- outbox and deliveries ------------------------------------------------------------
     outbox_batch_size: int = 200
+    """Outbox events claimed for routing per round."""
     delivery_batch_size: int = 500
+    """Deliveries claimed per channel per round."""
     lease_seconds: int = 60
+    """How long a claimed row stays leased to one drainer before another may take it."""
     max_attempts: int = 8
+    """Failed attempts after which a delivery is dead (a dead letter)."""
     retry_base_seconds: float = 2.0
+    """First retry delay after a failed attempt; it doubles with each attempt."""
     retry_max_seconds: float = 600.0
+    """Longest retry delay, in seconds."""
 
     # -- routing --------------------------------------------------------------------------
-    #: normal-priority pushes for one user within this window coalesce into one
     batch_window_seconds: int = 60
-    #: the digest window (tier rules send some events to free users in a digest)
+    """Normal-priority pushes for one user within this window coalesce into one"""
     digest_window_seconds: int = 3600
+    """The digest window (tier rules send some events to free users in a digest)"""
     push_daily_cap: int = 50
-    #: off: every event its own push (the benchmark's baseline)
+    """Pushes per user per local day, unless the user's profile sets its own cap."""
     push_coalescing: bool = True
+    """Off: every event its own push (the benchmark's baseline)"""
 
     # -- Supabase Realtime ----------------------------------------------------------------
-    #: base URL (defaults to SUPABASE_URL); the broadcast endpoint is <base>/realtime/v1/api/broadcast
     realtime_url: str | None = None
+    """Base URL (defaults to SUPABASE_URL); the broadcast endpoint is
+    <base>/realtime/v1/api/broadcast"""
     realtime_topic_prefix: str = "user:"
-    #: the plan's messages per second (Free 100, Pro 500)
+    """Prefix of each user's private Realtime topic (`user:<id>`)."""
     realtime_messages_per_second: int = 100
+    """The plan's messages per second (Free 100, Pro 500)"""
     realtime_batch_size: int = 100
+    """Messages per Realtime broadcast request."""
     realtime_timeout_seconds: float = 5.0
+    """Deadline of a Realtime broadcast request, in seconds."""
 
     # -- FCM HTTP v1 ----------------------------------------------------------------------
-    #: the service account JSON (inline), or a path to it
     fcm_service_account_json: str | None = None
+    """The FCM service account JSON, inline (secret)."""
     fcm_service_account_file: str | None = None
+    """Path to the FCM service account JSON (instead of FCM_SERVICE_ACCOUNT_JSON)."""
     fcm_project_id: str | None = None
+    """The Firebase project id; default: the service account's."""
     fcm_url: str = "https://fcm.googleapis.com"
-    #: overrides the service account's token_uri (tests)
+    """FCM's base URL."""
     fcm_token_url: str | None = None
+    """Overrides the service account's token_uri (tests)"""
     push_timeout_seconds: float = 5.0
+    """Deadline of one push request (FCM or APNs), in seconds."""
     push_concurrency: int = 32
+    """Push requests in flight at once per drainer."""
 
     # -- APNs (token-based auth) ----------------------------------------------------------
     apns_url: str = "https://api.push.apple.com"
+    """APNs' base URL (`https://api.sandbox.push.apple.com` for development builds)."""
     apns_key_id: str | None = None
+    """The APNs auth key's id (10 characters)."""
     apns_team_id: str | None = None
-    #: the .p8 key (PEM), inline or a path
+    """The Apple developer team id."""
     apns_private_key: str | None = None
+    """The APNs .p8 auth key (PEM), inline (secret)."""
     apns_private_key_file: str | None = None
+    """Path to the .p8 key (instead of APNS_PRIVATE_KEY)."""
     apns_topic: str | None = None
-    #: APNs speaks HTTP/2 only; tests talk HTTP/1.1 to a local fake
+    """The app's bundle id (the `apns-topic` header)."""
     apns_http2: bool = True
+    """APNs speaks HTTP/2 only; tests talk HTTP/1.1 to a local fake"""
 
     @field_validator("orchestrator_webhook_secrets", mode="before")
     @classmethod

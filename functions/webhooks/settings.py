@@ -13,30 +13,36 @@ from shared.settings import CoreSettings, csv
 class WebhooksSettings(CoreSettings):
     # Paystack: the secret key (sk_live_... / sk_test_...) signs every delivery
     paystack_secret_key: str | None = None
-    #: source addresses (or CIDR ranges) Paystack may call from; empty: no allow-list.
-    #: Paystack publishes 52.31.139.75, 52.49.173.169, 52.214.14.220. The client address is
-    #: read the same trusted way as the rate limiter's (TRUSTED_PROXY_HEADER).
+    """Paystack's secret key, `sk_live_...` (secret): it signs every delivery (HMAC-SHA512)."""
     paystack_allowed_ips: tuple[str, ...] = ()
+    """Source addresses (or CIDR ranges) Paystack may call from; empty: no allow-list. Paystack
+    publishes 52.31.139.75, 52.49.173.169, 52.214.14.220. The client address is read the same
+    trusted way as the rate limiter's (TRUSTED_PROXY_HEADER)."""
 
     # RevenueCat: the exact Authorization header value set in the dashboard
     revenuecat_webhook_auth: str | None = None
-    #: re-read the subscriber from the RevenueCat API before applying an event
+    """The exact Authorization header value set in RevenueCat's dashboard (secret)."""
     revenuecat_verify: bool = False
+    """Re-read the subscriber from the RevenueCat API before applying an event"""
     revenuecat_api_key: str | None = None
+    """RevenueCat secret API key (v1), for REVENUECAT_VERIFY (secret)."""
     revenuecat_api_url: str = "https://api.revenuecat.com"
+    """RevenueCat's API base URL."""
     revenuecat_api_timeout_s: float = 0.4
-    #: SANDBOX purchases (TestFlight, test cards) change tiers; turn off in production
+    """Deadline of the RevenueCat re-read, in seconds."""
     revenuecat_allow_sandbox: bool = True
-    #: the tier an active RevenueCat entitlement grants when its product is not a plan row
+    """SANDBOX purchases (TestFlight, test cards) change tiers; turn off in production"""
     revenuecat_entitlement_tier: Literal["free", "paid", "admin"] = "paid"
+    """The tier an active RevenueCat entitlement grants when its product is not a plan row"""
 
-    #: a delivery is answered within this many seconds: the optional re-read (at most
-    #: `revenuecat_api_timeout_s`) and then the database work in what is left; past it the
-    #: answer is 503, so the provider retries (the providers wait far longer than this)
     webhook_deadline_s: float = 0.9
+    """A delivery is answered within this many seconds: the optional re-read (at most
+    `revenuecat_api_timeout_s`) and then the database work in what is left; past it the answer
+    is 503, so the provider retries (the providers wait far longer than this)"""
     webhook_max_body: int = 256 * 1024
-    #: reconciliation retries a pending or failed delivery at most this many times
+    """Largest delivery body accepted, in bytes (413 beyond)."""
     webhook_max_attempts: int = 20
+    """Reconciliation retries a pending or failed delivery at most this many times"""
 
     @field_validator("paystack_allowed_ips", mode="before")
     @classmethod

@@ -152,3 +152,19 @@ def test_wildcard_cors_never_sends_credentials() -> None:
     resp = mw.preflight("https://anything.example")
     assert resp.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in resp.headers
+
+
+def test_preflight_allows_every_header_supabase_js_sends_by_default() -> None:
+    from shared.cors import CORSMiddleware
+
+    mw = CORSMiddleware(None, CoreSettings.load(env={"CORS_ORIGINS": "https://app.example"}))  # type: ignore[arg-type]
+    allowed = {h.strip() for h in mw.preflight("https://app.example").headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "apikey", "content-type", "x-client-info", "x-region", "x-supabase-api-version"} <= allowed
+
+
+def test_cors_allow_headers_is_configurable() -> None:
+    from shared.cors import CORSMiddleware
+
+    env = {"CORS_ORIGINS": "https://app.example", "CORS_ALLOW_HEADERS": "authorization, x-custom-thing"}
+    mw = CORSMiddleware(None, CoreSettings.load(env=env))  # type: ignore[arg-type]
+    assert mw.preflight("https://app.example").headers["access-control-allow-headers"] == "authorization, x-custom-thing"
