@@ -355,8 +355,12 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
         gateway = LocalGateway(apps, jwks, services)
         token = mint(jwk, user_id=DEMO_USER_ID, tier=DEMO_TIER, expires_in=DEMO_TOKEN_SECONDS)
 
-        # 5. serve
+        # 5. serve (and say where, for `edgefn seed --data-dir` and the other tools)
+        from edgefn import devstate
+
         banner = _banner(base, apps, lines, applied, token, time.monotonic() - t0)
+        devstate.write(data_dir, url=base, database_url=database_url)
+        stack.callback(devstate.remove, data_dir)
         _serve(gateway, sock, port, banner, signals)
         return 0
     finally:

@@ -209,6 +209,29 @@ def test_an_upload_returns_a_url_that_loads(dev: DevServer) -> None:
     assert got.status_code == 200 and got.content == png
 
 
+def test_seed_finds_the_running_servers_database_by_data_dir(dev: DevServer) -> None:
+    """`edgefn seed --data-dir` as `edgefn token --data-dir`: no DSN copied from the banner."""
+    from edgefn.seed import DEMO_USERS
+
+    result = subprocess.run(edgefn_cmd("seed", "--data-dir", str(dev.data_dir), "--users", str(DEMO_USERS)),
+                            cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"already seeded with {DEMO_USERS:,} users" in result.stdout
+    other = subprocess.run(edgefn_cmd("seed", "--data-dir", str(dev.data_dir), "--users", "3"),
+                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and "pass --reset" in other.stderr
+
+
+def test_seed_without_a_database_or_a_running_server_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(edgefn_cmd("seed", "--data-dir", str(tmp_path)),
+                            cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"edgefn seed: no database: DATABASE_URL is not set and no `edgefn dev` is running with --data-dir {tmp_path} "
+        "(start it, or pass --database-url)"
+    ]
+
+
 def test_sigint_stops_the_server_and_everything_it_started(dev: DevServer) -> None:
     """Runs last in this module: it stops the shared server."""
     children = descendants(dev.proc.pid)
@@ -223,6 +246,7 @@ def test_sigint_stops_the_server_and_everything_it_started(dev: DevServer) -> No
     assert [p for p in children if alive(p)] == []
     assert not (dev.data_dir / "pg" / "postmaster.pid").exists()
     assert not (dev.data_dir / "redis" / "redis.pid").exists()
+    assert not (dev.data_dir / "dev.json").exists()
     leftover = subprocess.run(["pgrep", "-f", str(dev.data_dir)], capture_output=True, text=True).stdout.split()
     assert leftover == []
     assert "Traceback" not in dev.stderr()

@@ -161,3 +161,47 @@ def test_cli(fresh_db: Callable[[], str], capsys: pytest.CaptureFixture[str], mo
     monkeypatch.delenv("DATABASE_URL")
     assert main(["seed", "--users", "50"]) == 1
     assert "DATABASE_URL is not set" in capsys.readouterr().err
+
+
+def indexes(dsn: str) -> set[tuple[str, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select tablename, indexdef from pg_indexes where schemaname in ('public', 'auth')"
+        ).fetchall()
+    return {(t, d) for t, d in rows}
+
+
+def test_indexes_are_built_after_the_load_and_end_up_as_the_migrations_made_them(
+    fresh_db: Callable[[], str],
+) -> None:
+    dsn = fresh_db()
+    before = indexes(dsn)
+    assert any("purchases_user_time_idx" in d for _, d in before)
+    said: list[str] = []
+    seed(dsn, N, anchor=ANCHOR, log=said.append)
+    assert indexes(dsn) == before
+    built = next(line for line in said if line.startswith("indexes: "))
+    assert int(built.split()[1]) >= 10  # the secondary indexes were deferred, not kept
+    # the planner can use them at once: one user's purchases by the dashboard's index
+    with psycopg.connect(dsn) as conn:
+        plan = conn.execute(
+            "explain select amount from public.purchases where user_id = %s order by purchased_at desc limit 10",
+            (DEMO_USER_ID,),
+        ).fetchall()
+    assert "purchases_user_time_idx" in " ".join(r[0] for r in plan)
+
+
+def test_a_failed_load_leaves_every_index_in_place(fresh_db: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgefn.seed as seeding
+
+    dsn = fresh_db()
+    before = indexes(dsn)
+
+    def broken(plan: Any, out: Any) -> Any:
+        yield "not\ta\tvalid\tswipe\n"
+
+    monkeypatch.setattr(seeding, "_swipes", broken)
+    with pytest.raises(SeedError):
+        seed(dsn, N, anchor=ANCHOR)
+    assert indexes(dsn) == before
+    assert one(dsn, "select count(*) from public.profiles") == 0
