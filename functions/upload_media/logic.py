@@ -71,6 +71,8 @@ async def upload(ctx: RequestContext) -> MediaObject:
     await quota.charge_upload(ctx, s)
     async with read_upload(ctx.request, s) as up:
         assert up.bucket is not None and up.content_type is not None and up.file is not None
+        if up.ignored_fields:
+            ctx.metadata["ignored_fields"] = up.ignored_fields
         rules.check_size(up.bucket, up.size, s)
         await quota.charge_bytes(ctx, s, up.size)
         key = rules.new_key(up.bucket, owner, up.content_type)

@@ -1,6 +1,11 @@
 """A streaming reader for the inline upload's multipart body: one `file` part and a
 `bucket` field, read chunk by chunk as the client sends them.
 
+Other text fields (a form's `caption`, `alt`, ...) are accepted within bounds and ignored:
+at most `MAX_EXTRA_FIELDS`, each at most `MAX_EXTRA_FIELD_BYTES`; their names come back in
+`metadata.ignored_fields`. A second file, or a field that would decide what the server
+decides (`user_id`, `key` ...), is refused: `UNEXPECTED_FIELD`.
+
 The whole body is never held: the file part goes to a spooled temporary file (in memory up
 to a small threshold, then on disk), the reader refuses with 413 the moment the file passes
 its cap (the rest is never read), and as soon as the first bytes are in, the type is sniffed
@@ -29,8 +34,13 @@ from shared import errors
 
 #: room for the multipart framing and the `bucket` field around the file
 FRAMING_ALLOWANCE = 64 * 1024
-MAX_PARTS = 4
 MAX_FIELD_BYTES = 256
+#: text fields besides `file` and `bucket` that are read and ignored
+MAX_EXTRA_FIELDS = 8
+MAX_EXTRA_FIELD_BYTES = 1024
+MAX_PARTS = 2 + MAX_EXTRA_FIELDS
+#: fields the server decides: sending one is a mistake worth a 400, not something to ignore
+SERVER_DECIDES = frozenset({"user_id", "owner_id", "owner", "key", "object_key", "content_type", "size", "id"})
 
 
 @dataclass
@@ -45,6 +55,8 @@ class Upload:
     head: bytearray = field(default_factory=bytearray)
     #: bytes of the request body read so far (tests and the benchmark look)
     body_bytes: int = 0
+    #: names of the extra text fields that were read and ignored
+    ignored_fields: list[str] = field(default_factory=list)
 
 
 def _disposition(value: bytes) -> tuple[str | None, str | None]:
@@ -87,8 +99,9 @@ class _Reader:
         self.header_value = bytearray()
         self.headers: dict[bytes, bytes] = {}
         self.parts = 0
-        self.current: str | None = None  # "file", "bucket", or None between parts
+        self.current: str | None = None  # "file", "bucket", "extra", or None between parts
         self.field_value = bytearray()
+        self.extra_bytes = 0
         self.ended = False
         self.head_checked = False
 
@@ -151,7 +164,10 @@ class _Reader:
             if kind == "part_begin":
                 self.parts += 1
                 if self.parts > MAX_PARTS:
-                    raise errors.ValidationFailed("too many parts: send only `file` and `bucket`", code="UNEXPECTED_FIELD")
+                    raise errors.ValidationFailed(
+                        f"too many parts: `file`, `bucket` and at most {MAX_EXTRA_FIELDS} other text fields",
+                        code="UNEXPECTED_FIELD",
+                    )
             elif kind == "headers":
                 self._start_part(data)
             elif kind == "data":
@@ -177,11 +193,21 @@ class _Reader:
                 raise errors.ValidationFailed("send one `bucket` field", code="UNEXPECTED_FIELD")
             self.current = "bucket"
             self.field_value.clear()
-        else:
-            shown = (name or "")[:40]
+        elif name is None:
+            raise errors.BadRequest("a part has no field name", code="MALFORMED_MULTIPART")
+        elif filename is not None:
             raise errors.ValidationFailed(
-                f"unexpected form field {shown!r}: send only `file` and `bucket`", code="UNEXPECTED_FIELD"
+                f"unexpected file {name[:40]!r}: send one file, in the `file` field", code="UNEXPECTED_FIELD"
             )
+        elif name.lower() in SERVER_DECIDES:
+            raise errors.ValidationFailed(
+                f"the form field {name[:40]!r} is not accepted: the server decides it (the owner is the token's user)",
+                code="UNEXPECTED_FIELD",
+            )
+        else:
+            u.ignored_fields.append(name[:64])
+            self.current = "extra"
+            self.extra_bytes = 0
 
     def _data(self, data: bytes) -> None:
         u = self.upload
@@ -189,6 +215,14 @@ class _Reader:
             self.field_value += data
             if len(self.field_value) > MAX_FIELD_BYTES:
                 raise errors.ValidationFailed("the `bucket` field is too long", code="INVALID_BUCKET")
+            return
+        if self.current == "extra":  # counted, never kept
+            self.extra_bytes += len(data)
+            if self.extra_bytes > MAX_EXTRA_FIELD_BYTES:
+                raise errors.ValidationFailed(
+                    f"the form field {self.upload.ignored_fields[-1]!r} is longer than {MAX_EXTRA_FIELD_BYTES} bytes",
+                    code="FIELD_TOO_LARGE",
+                )
             return
         assert self.current == "file" and u.file is not None
         u.size += len(data)

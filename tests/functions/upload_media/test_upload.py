@@ -155,6 +155,33 @@ async def test_bad_forms_are_400s(media: Media, user: User, body: bytes, code: s
     assert error_code(r) == code
 
 
+@pytest.mark.parametrize("bucket_first", [True, False])
+async def test_a_forms_extra_text_fields_are_accepted_and_ignored(
+    media: Media, user: User, bucket_first: bool
+) -> None:
+    extra = {"caption": "Me at the concert \u2728", "alt": "a photo", "tags": "kpop,live"}
+    r = await media.upload(user, smp.form(smp.PNG, extra=extra, bucket_first=bucket_first))
+    assert r.status_code == 201, r.text
+    assert r.json()["metadata"]["ignored_fields"] == list(extra)
+    assert "concert" not in r.text  # the value is neither kept nor echoed
+
+
+async def test_extra_fields_are_bounded(media: Media, user: User) -> None:
+    from functions.upload_media.multipart import MAX_EXTRA_FIELD_BYTES, MAX_EXTRA_FIELDS
+
+    at_limit = {f"f{i}": "x" * MAX_EXTRA_FIELD_BYTES for i in range(MAX_EXTRA_FIELDS)}
+    r = await media.upload(user, smp.form(smp.PNG, extra=at_limit))
+    assert r.status_code == 201, r.text
+    one_more = {**at_limit, "f_extra": "x"}
+    r = await media.upload(user, smp.form(smp.PNG, extra=one_more))
+    assert r.status_code == 400 and error_code(r) == "UNEXPECTED_FIELD"
+    too_long = {"caption": "x" * (MAX_EXTRA_FIELD_BYTES + 1)}
+    r = await media.upload(user, smp.form(smp.PNG, extra=too_long))
+    assert r.status_code == 400 and error_code(r) == "FIELD_TOO_LARGE"
+    listed = (await media.list(user)).json()["data"]
+    assert len(listed["items"] if isinstance(listed, dict) else listed) == 1  # only the upload at the limit
+
+
 async def test_two_files_are_refused(media: Media, user: User) -> None:
     one = smp.form(smp.sized(smp.PNG, 100), bucket="avatars")
     two = one.replace(f"--{smp.BOUNDARY}--\r\n".encode(), b"") + smp.form(smp.sized(smp.PNG, 100), bucket=None)
