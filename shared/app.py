@@ -15,7 +15,8 @@ local server. The middleware stack is composed once per cold start, outermost fi
 
 1. observability: request id, one JSON log line, metrics, last-resort 500 envelope, Sentry
 2. CORS: preflight answered before anything else
-3. per route, in `shared.pipeline`: auth -> rate limit -> edge cache -> handler
+3. per route, in `shared.pipeline`: body cap -> auth -> rate limit -> body -> edge cache
+   -> handler (nothing reads the body before the caller is authenticated and admitted)
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
 
 from shared import errors
 from shared.context import RequestContext
-from shared.envelope import JSONResponse, error_response, loads, success_body
+from shared.envelope import JSONResponse, error_response, success_body
 from shared.observability import json_log, metrics, new_request_id, sentry
 from shared.settings import Settings
 
@@ -46,7 +47,6 @@ AuthMode = Literal["public", "optional", "required"]
 Endpoint = Callable[[RequestContext], Awaitable[Any]]
 
 PREFIX = "/functions/v1/"
-DEFAULT_MAX_BODY = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -63,7 +63,11 @@ class RouteSpec:
     status_code: int = 200
     #: raw routes read the body themselves (multipart uploads, signed webhooks)
     raw_body: bool = False
-    max_body: int = DEFAULT_MAX_BODY
+    #: the body cap in bytes, applied before the body is read: a larger declared
+    #: Content-Length is refused at once, a streamed body when it passes the cap. None: 64 KiB
+    #: (`shared.inputs.DEFAULT_MAX_BODY`) for a JSON body; a raw route without one caps the
+    #: body in its own reader, whose limit comes from its settings (uploads, webhooks)
+    max_body: int | None = None
     rate: RateRule | None = None
     cache: CachePolicy | None = None
     #: what the route does when Redis is unreachable: serve ("open") or 503 ("closed")
@@ -74,39 +78,6 @@ class RouteSpec:
 
     def __post_init__(self) -> None:
         self.regex, _, self.param_convertors = compile_path(self.path)
-
-
-def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-def parse_model(model: type[BaseModel], data: Any, where: str) -> BaseModel:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = _validation_details(exc)
-        first = details[0] if details else {"field": where, "message": "invalid"}
-        raise errors.ValidationFailed(
-            f"invalid {where}: {first['field']}: {first['message']}", details=details
-        ) from None
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing (413) as soon as it passes `limit`; never reads the rest."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise errors.PayloadTooLarge(f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.PayloadTooLarge(f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class FunctionApp:
@@ -293,10 +264,6 @@ class FunctionApp:
             path_params={k: str(v) for k, v in params.items()},
         )
         try:
-            if route.query is not None:
-                ctx.query = parse_model(route.query, dict(ctx.query_params), "query")
-            if route.body is not None and not route.raw_body:
-                ctx.body = await self._parse_body(route, request)
             return await self._pipeline.run(ctx, route, lambda: self._call_endpoint(ctx, route))
         except errors.AppError as exc:
             if isinstance(exc, errors.ServiceUnavailable):
@@ -305,21 +272,6 @@ class FunctionApp:
             for k, v in ctx.response_headers.items():
                 resp.headers.setdefault(k, v)
             return resp
-
-    async def _parse_body(self, route: RouteSpec, request: Request) -> BaseModel:
-        raw = await read_body(request, route.max_body)
-        ctype = request.headers.get("content-type", "")
-        if raw.strip() == b"":
-            data: Any = {}
-        elif ctype and "json" not in ctype:
-            raise errors.UnsupportedMediaType("send the body as application/json", code="UNSUPPORTED_CONTENT_TYPE")
-        else:
-            try:
-                data = loads(raw)
-            except Exception:
-                raise errors.BadRequest("the body is not valid JSON", code="INVALID_JSON") from None
-        assert route.body is not None
-        return parse_model(route.body, data, "body")
 
     async def _call_endpoint(self, ctx: RequestContext, route: RouteSpec) -> Response:
         result = await route.endpoint(ctx)

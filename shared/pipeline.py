@@ -1,6 +1,12 @@
 """The per-route middleware chain, composed once per cold start:
 
-    auth -> rate limit -> edge cache -> handler
+    body cap -> auth -> query -> rate limit -> body -> edge cache -> handler
+
+Nothing reads the body before the caller is known and admitted: a declared size above the
+route's cap is refused first (no work, nothing read), then the token is verified and the
+rate limit decides; only then is the body read, capped, and validated. A request whose
+token is missing or invalid is counted against its address's anonymous limit before it
+gets its 401, so a flood of unauthenticated requests meets a 429 answered from memory.
 
 Auth and rate limiting are checks, `async (ctx, route) -> None`, run one after the other:
 they answer early by raising a domain error (`shared.app` maps those to status codes in
@@ -23,6 +29,7 @@ from shared.auth import TokenVerifier, bearer_token
 from shared.cache import CachePolicy, Entry, Payload, ResponseCache, decode_entry, etag_matches
 from shared.context import RequestContext
 from shared.envelope import JSONResponse
+from shared.inputs import DEFAULT_MAX_BODY, check_declared_size, parse_json_body, parse_model
 from shared.kv import KVCommandError, KVUnavailable
 from shared.observability import json_log, metrics
 from shared.ratelimit import DEFAULT_LIMITS, Decision, RateLimiter, RateRule
@@ -33,8 +40,6 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 Next = Callable[[], Awaitable[Response]]
-Check = Callable[[RequestContext, "RouteSpec"], Awaitable[None]]
-Around = Callable[[RequestContext, "RouteSpec", Next], Awaitable[Response]]
 
 
 def client_ip(ctx: RequestContext, settings: CoreSettings) -> str:
@@ -142,17 +147,41 @@ class RateLimitStep:
             ctx.state["cache_bypass"] = True
             return
         ctx.tier = decision.tier if p is not None else "anonymous"
-        ctx.response_headers.update(decision.headers())
-        ctx.metadata["rate_limit"] = {"limit": decision.limit, "remaining": max(decision.remaining, 0), "reset": decision.reset_seconds}
         if p is not None and not decision.tier_from_redis and not p.is_service:
             self._remember_tier(p.user_id, p.tier_hint)
+        self._apply(ctx, decision, blocked_key)
+        if cache_keys is not None:
+            ctx.state["decision"] = decision
+            ctx.state["cache_keys"] = cache_keys
+
+    async def refusing(self, ctx: RequestContext, route: RouteSpec) -> None:
+        """Count a request about to be refused for its token (missing or invalid) against
+        its address's anonymous limit; a 429 replaces the 401 once that is spent. When
+        Redis is unreachable the 401 goes out anyway: the request is refused either way."""
+        rule = self.rule_for(route)
+        if rule is None:
+            return
+        identity = "ip:" + ctx.client_ip
+        blocked_key = f"{rule.name}:{identity}"
+        held = self.limiter.blocked.get(blocked_key)
+        if held is not None:
+            metrics.incr("ratelimit.blocked_local")
+            raise _limited(held)
+        try:
+            decision = await self.limiter.check(rule, identity, tier_hint="anonymous")
+        except KVUnavailable:
+            metrics.incr("ratelimit.fail_open")
+            return
+        self._apply(ctx, decision, blocked_key)
+
+    def _apply(self, ctx: RequestContext, decision: Decision, blocked_key: str) -> None:
+        """The decision's headers and metadata; a refusal is remembered until its reset."""
+        ctx.response_headers.update(decision.headers())
+        ctx.metadata["rate_limit"] = {"limit": decision.limit, "remaining": max(decision.remaining, 0), "reset": decision.reset_seconds}
         if not decision.allowed:
             self.limiter.blocked.put(blocked_key, decision.retry_after if decision.retry_after > 0 else decision.reset_seconds, decision)
             metrics.incr("ratelimit.limited")
             raise _limited(decision)
-        if cache_keys is not None:
-            ctx.state["decision"] = decision
-            ctx.state["cache_keys"] = cache_keys
 
     def _remember_tier(self, user_id: str, hint: str | None) -> None:
         """Redis had no tier: store the token's, else the database's, off the hot path.
@@ -313,19 +342,33 @@ NO_LIMIT = RateRule(name="none", window_seconds=1)
 
 
 class Pipeline:
-    """auth -> rate limit (+ cache lookup, same round trip) -> edge cache -> handler."""
+    """body cap -> auth -> query -> rate limit (+ cache lookup, same round trip) -> body ->
+    edge cache -> handler."""
 
     def __init__(self, settings: Any, services: Services) -> None:
         self.settings = settings
         self.services = services
-        self.checks: tuple[Check, ...] = (AuthStep(services), RateLimitStep(services, settings_rule(settings)))
-        self.around: Around = EdgeCacheStep(services)
+        self.auth = AuthStep(services)
+        self.rate = RateLimitStep(services, settings_rule(settings))
+        self.cache = EdgeCacheStep(services)
 
     async def run(self, ctx: RequestContext, route: RouteSpec, endpoint: Next) -> Response:
+        body_cap = route.max_body if route.max_body is not None else (None if route.raw_body else DEFAULT_MAX_BODY)
+        if body_cap is not None:
+            check_declared_size(ctx.headers, body_cap)
         ctx.client_ip = client_ip(ctx, self.settings)
-        for check in self.checks:
-            await check(ctx, route)
-        return await self.around(ctx, route, endpoint)
+        try:
+            await self.auth(ctx, route)
+        except errors.Unauthenticated:
+            await self.rate.refusing(ctx, route)
+            raise
+        if route.query is not None:
+            ctx.query = parse_model(route.query, dict(ctx.query_params), "query")
+        await self.rate(ctx, route)
+        if route.body is not None and not route.raw_body:
+            assert body_cap is not None
+            ctx.body = await parse_json_body(ctx.request, route.body, body_cap)
+        return await self.cache(ctx, route, endpoint)
 
 
 def settings_rule(settings: Any) -> RateRule:

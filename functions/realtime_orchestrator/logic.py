@@ -13,7 +13,7 @@ from functions.realtime_orchestrator.models import Accepted, DatabaseWebhook, In
 from functions.realtime_orchestrator.rules import RULES, table_event
 from functions.realtime_orchestrator.signatures import verify_secret_header, verify_standard
 from shared import errors
-from shared.app import parse_model, read_body
+from shared.inputs import parse_model, read_body
 from shared.envelope import has_nul, loads
 from shared.observability import json_log
 

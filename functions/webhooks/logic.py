@@ -38,7 +38,7 @@ from functions.webhooks.queries import RETRYABLE, Store, TierUpdate
 from functions.webhooks.settings import WebhooksSettings
 from functions.webhooks.verify import ip_allowed, paystack_signature_ok, revenuecat_auth_ok
 from shared import errors
-from shared.app import read_body
+from shared.inputs import read_body
 from shared.observability import json_log, metrics, sentry
 
 if TYPE_CHECKING:
