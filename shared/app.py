@@ -14,8 +14,9 @@ uses) and also at the root, so the same code serves a Function URL, a CDN path a
 local server. The middleware stack is composed once per cold start, outermost first:
 
 1. observability: request id, one JSON log line, metrics, last-resort 500 envelope, Sentry
-2. CORS: preflight answered before anything else
-3. per route, in `shared.pipeline`: body cap -> auth -> rate limit -> body -> edge cache
+2. origin verification, behind a CDN (`shared.origin`): no CDN secret header, no service
+3. CORS: preflight answered before anything else
+4. per route, in `shared.pipeline`: body cap -> auth -> rate limit -> body -> edge cache
    -> handler (nothing reads the body before the caller is authenticated and admitted)
 """
 
@@ -173,6 +174,11 @@ class FunctionApp:
         self._pipeline = Pipeline(self.settings, self.services)
         inner: Any = self._dispatch
         inner = CORSMiddleware(inner, self.settings)
+        secrets = getattr(self.settings, "origin_verify_secrets", ())
+        if secrets:
+            from shared.origin import OriginVerificationMiddleware
+
+            inner = OriginVerificationMiddleware(inner, self.settings.origin_verify_header, secrets)  # type: ignore[attr-defined]
         return ObservabilityMiddleware(inner, self.name)
 
     def scheduled(self, fn: Callable[[Any], Awaitable[dict[str, Any]]]) -> Callable[[Any], Awaitable[dict[str, Any]]]:

@@ -44,8 +44,11 @@ Next = Callable[[], Awaitable[Response]]
 
 def client_ip(ctx: RequestContext, settings: CoreSettings) -> str:
     """The client address for anonymous rate limiting. A forwarding header is believed only
-    when the deployment says a trusted proxy sets it (CloudFront, Cloud Run's front end);
-    otherwise a client could pick its own identity."""
+    when the deployment says a trusted proxy sets it; otherwise a client could pick its own
+    identity. `cloudfront-viewer-address` is set whole by CloudFront, so the settings refuse
+    it without ORIGIN_VERIFY_SECRETS, and `shared.origin` has refused every request that did
+    not come through CloudFront before this runs; `x-forwarded-for` is appended to by the
+    proxy (Cloud Run's front end), so the entries counted from the right are its own."""
     header = settings.trusted_proxy_header
     if header:
         value = ctx.headers.get(header.lower())

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(RuntimeError):
@@ -166,6 +166,16 @@ class CoreSettings(Settings):
     trusted_proxy_hops: int = 1
     """With `x-forwarded-for`: how many trusted proxies append to it; the client is that many
     entries from the right."""
+    origin_verify_header: str = "x-origin-verify"
+    """Header the CDN adds to every request it forwards (CloudFront's `OriginCustomHeaders`
+    in infra/cdn/cloudfront.yaml), carrying one of ORIGIN_VERIFY_SECRETS."""
+    origin_verify_secrets: tuple[str, ...] = Field(default=(), validate_default=True)
+    """The value the CDN sends in ORIGIN_VERIFY_HEADER (secret), each at least 32 characters;
+    two, comma-separated, while the secret is rotated. Set: a request without a matching
+    header is refused (403 `ORIGIN_NOT_VERIFIED`) before anything else runs, so
+    TRUSTED_PROXY_HEADER is believed only on requests that came through the CDN. Required
+    when TRUSTED_PROXY_HEADER is `cloudfront-viewer-address`, which any direct caller could
+    set."""
 
     # -- observability ----------------------------------------------------------------------
     sentry_dsn: str | None = None
@@ -177,10 +187,25 @@ class CoreSettings(Settings):
     edgefn_access_log: bool = True
     """One JSON log line per request on stderr."""
 
-    @field_validator("cors_origins", "cors_allow_headers", mode="before")
+    @field_validator("cors_origins", "cors_allow_headers", "origin_verify_secrets", mode="before")
     @classmethod
     def _csv(cls, v: object) -> tuple[str, ...]:
         return csv(v)  # type: ignore[arg-type]
+
+    @field_validator("origin_verify_secrets")
+    @classmethod
+    def _origin_secrets(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if len(v) > 2:
+            raise ValueError("at most two values: the current secret and, while rotating, the next")
+        if any(len(s) < 32 for s in v):
+            raise ValueError("each value must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        proxy = (info.data.get("trusted_proxy_header") or "").lower()
+        if proxy == "cloudfront-viewer-address" and not v:
+            raise ValueError(
+                "required when TRUSTED_PROXY_HEADER is cloudfront-viewer-address: without it a "
+                "direct call to the function URL picks its own client address"
+            )
+        return v
 
     @property
     def issuer(self) -> str | None:

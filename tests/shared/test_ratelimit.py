@@ -149,10 +149,12 @@ async def test_anonymous_identity_ignores_untrusted_forwarding_headers(kv: Any, 
 
 
 async def test_trusted_proxy_header_identifies_anonymous_clients(kv: Any, jwks_server: Any) -> None:
-    fn, _ = limited_app(kv, jwks_server.url, trusted_proxy_header="cloudfront-viewer-address")
+    secret = "s" * 32  # the CDN's origin header: without it the address header is not believed
+    fn, _ = limited_app(kv, jwks_server.url, trusted_proxy_header="cloudfront-viewer-address", origin_verify_secrets=secret)
     async with client(fn) as c:
-        a = [(await c.get("/open", headers={"cloudfront-viewer-address": "198.51.100.1:4000"})).status_code for _ in range(3)]
-        b = await c.get("/open", headers={"cloudfront-viewer-address": "[2001:db8::5]:4000"})
+        via = {"x-origin-verify": secret}
+        a = [(await c.get("/open", headers={**via, "cloudfront-viewer-address": "198.51.100.1:4000"})).status_code for _ in range(3)]
+        b = await c.get("/open", headers={**via, "cloudfront-viewer-address": "[2001:db8::5]:4000"})
     assert a == [200, 200, 429] and b.status_code == 200
 
 
