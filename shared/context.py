@@ -41,13 +41,22 @@ def header_map(scope: dict[str, Any]) -> dict[str, str]:
     return cached  # type: ignore[no-any-return]
 
 
+#: Query parameters a client library adds for Supabase's own gateway, not for the function:
+#: supabase-js's `functions.invoke(name, {region})` sends `?forceFunctionRegion=<region>`
+#: beside the `x-region` header. Dropped here, so strict query models do not refuse them
+#: and they split no cache key.
+GATEWAY_QUERY_PARAMS = frozenset({"forceFunctionRegion"})
+
+
 def query_map(scope: dict[str, Any]) -> dict[str, str]:
     """The query string as a dict (the last value of a repeated name wins, as with
-    `dict(request.query_params)`), built once per request; an empty query costs nothing."""
+    `dict(request.query_params)`) without `GATEWAY_QUERY_PARAMS`, built once per request;
+    an empty query costs nothing."""
     cached = scope.get("_edgefn_query")
     if cached is None:
         raw = scope.get("query_string", b"")
-        cached = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+        pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else ()
+        cached = {k: v for k, v in pairs if k not in GATEWAY_QUERY_PARAMS}
         scope["_edgefn_query"] = cached
     return cached  # type: ignore[no-any-return]
 

@@ -91,6 +91,18 @@ async def test_query_validation_names_the_parameter(tiny: Any) -> None:
     assert calls["echo"] == 0
 
 
+async def test_the_region_parameter_supabase_js_adds_is_not_input(tiny: Any) -> None:
+    """`functions.invoke(name, {region})` appends `forceFunctionRegion` for Supabase's
+    gateway; a strict query model must not refuse it (a real Chromium found this)."""
+    c, calls = tiny
+    r = await c.get("/items?limit=3&forceFunctionRegion=us-east-1")
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == {"limit": 3}
+    r = await c.get("/items?forceFunctionRegion=us-east-1&forceFunctionRegionX=1")
+    assert r.status_code == 400 and "forceFunctionRegionX" in r.json()["error"]["message"]
+    assert calls["echo"] == 1
+
+
 async def test_body_errors(tiny: Any) -> None:
     c, _ = tiny
     r = await c.post("/items", content=b"{not json", headers={"content-type": "application/json"})
