@@ -2,6 +2,7 @@
 
     http://127.0.0.1:8000/functions/v1/<name>/...      each function in `functions.FUNCTIONS`
     http://127.0.0.1:8000/auth/v1/.well-known/jwks.json the local signing key's public half
+    http://127.0.0.1:8000/docs                          the API docs (Swagger UI), /openapi.json
 
 Services come from the environment when configured (`DATABASE_URL`, `REDIS_URL` or
 `UPSTASH_REDIS_REST_URL`, `R2_ENDPOINT_URL`/`R2_ACCOUNT_ID` with `R2_BUCKET` and keys);
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from edgefn.cli import CommandError
 
 if TYPE_CHECKING:
+    from edgefn.apidocs import APIDocs
     from shared.app import FunctionApp
     from shared.services import Services
 
@@ -72,13 +74,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 class LocalGateway:
     """One ASGI app in front of every function: `/functions/v1/<name>...` goes, scope
-    unchanged, to that function's app; the JWKS is served at `JWKS_PATH`; anything else is
-    a 404 envelope like the functions'."""
+    unchanged, to that function's app; the JWKS is served at `JWKS_PATH`, the API docs at
+    `/docs` when given; anything else is a 404 envelope like the functions'."""
 
-    def __init__(self, apps: dict[str, Any], jwks: dict[str, Any], services: list[Services] | None = None) -> None:
+    def __init__(
+        self, apps: dict[str, Any], jwks: dict[str, Any], services: list[Services] | None = None,
+        docs: APIDocs | None = None,
+    ) -> None:
         self.apps = apps
         self.jwks = jwks
         self.services = services or []
+        self.docs = docs
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -104,11 +110,15 @@ class LocalGateway:
 
         request_id = new_request_id()
         response: Any
-        if path == JWKS_PATH and scope["method"] in ("GET", "HEAD"):
+        read = scope["method"] in ("GET", "HEAD")
+        if self.docs is not None and self.docs.handles(path) and read:
+            await self.docs(scope, receive, send)
+            return
+        if path == JWKS_PATH and read:
             response = JSONResponse(
                 self.jwks, headers={"cache-control": "public, max-age=600", "access-control-allow-origin": "*"}
             )
-        elif path == JWKS_PATH:
+        elif path == JWKS_PATH or (self.docs is not None and self.docs.handles(path)):
             response = error_response(errors.MethodNotAllowed(headers={"Allow": "GET, HEAD"}), request_id)
         else:
             exc = errors.NotFound(f"no route for {scope['method']} {path}", code="ROUTE_NOT_FOUND")
@@ -352,7 +362,9 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
         if not env.get("CORS_ORIGINS"):
             explicit["cors_origins"] = DEFAULT_CORS_ORIGINS
         apps, services = _configure_functions(explicit)
-        gateway = LocalGateway(apps, jwks, services)
+        from edgefn.apidocs import APIDocs
+
+        gateway = LocalGateway(apps, jwks, services, docs=APIDocs(base))
         token = mint(jwk, user_id=DEMO_USER_ID, tier=DEMO_TIER, expires_in=DEMO_TOKEN_SECONDS)
 
         # 5. serve (and say where, for `edgefn seed --data-dir` and the other tools)
@@ -401,11 +413,14 @@ def _configure_functions(explicit: dict[str, Any]) -> tuple[dict[str, FunctionAp
 
 
 def _banner(base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, took: float) -> str:
+    from edgefn.apidocs import DOCS_PATH
+
     out = [
         f"edgefn dev: {len(apps)} functions at {base}/functions/v1/<name> (ready in {took:.1f} s)",
         "  " + ", ".join(apps),
         *("  " + line for line in lines),
         f"  jwks      {base}{JWKS_PATH}",
+        f"  docs      {base}{DOCS_PATH} (Authorize with the TOKEN below)",
     ]
     if applied:
         out.append(f"  migrations applied: {', '.join(applied)}")

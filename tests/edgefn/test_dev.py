@@ -7,55 +7,25 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from functions import FUNCTIONS
+from tests.devserver import REPO, DevServer, clean_env, edgefn_cmd, free_port, start_dev
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="`edgefn dev` is tested on Linux")
 
-REPO = Path(__file__).resolve().parents[2]
-READY_LINE = "Ctrl-C stops"
-START_TIMEOUT_S = 45
 #: without migrations the roles the deep health check uses (service_role) do not exist
 MIGRATIONS = importlib.util.find_spec("edgefn.migrate") is not None
-
-
-def edgefn_cmd(*args: str) -> list[str]:
-    """`edgefn ...` as a user runs it: the console script next to this interpreter when
-    installed, else the same entry point through `-c` (not `-m edgefn.cli`: run as
-    `__main__`, cli.py would not catch the CommandError that edgefn.dev raises)."""
-    script = Path(sys.executable).parent / "edgefn"
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-c", "import sys; from edgefn.cli import main; sys.exit(main())", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment minus every service setting, so `edgefn dev` starts embedded ones."""
-    drop = ("DATABASE_", "REDIS_", "UPSTASH_", "R2_", "SUPABASE_", "JWT_", "CORS_", "PG")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["EDGEFN_ACCESS_LOG"] = "0"
-    env.update(extra)
-    return env
 
 
 def descendants(pid: int) -> list[int]:
@@ -84,56 +54,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@dataclass
-class DevServer:
-    proc: subprocess.Popen[str]
-    port: int
-    data_dir: Path
-    stderr_path: Path
-    lines: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def _reader(server: DevServer) -> None:
-    assert server.proc.stdout is not None
-    for line in server.proc.stdout:
-        server.lines.append(line.rstrip("\n"))
-        if line.startswith(READY_LINE):
-            server.ready.set()
-    server.ready.set()  # EOF: the process ended
-
-
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    tmp = tmp_path_factory.mktemp("dev")
-    port = free_port()
-    stderr_path = tmp / "stderr.log"
-    with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(
-            edgefn_cmd("dev", "--port", str(port), "--data-dir", str(tmp / "data")),
-            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=err, text=True,
-        )
-    server = DevServer(proc, port, tmp / "data", stderr_path)
-    threading.Thread(target=_reader, args=(server,), daemon=True).start()
-    try:
-        if not server.ready.wait(START_TIMEOUT_S) or proc.poll() is not None:
-            pytest.fail(f"edgefn dev did not start:\n{server.stderr()[-3000:]}\n" + "\n".join(server.lines))
+    with start_dev(tmp_path_factory.mktemp("dev")) as server:
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_every_function_answers_health(dev: DevServer) -> None:
@@ -174,6 +98,18 @@ def test_banner_names_the_demo_user_and_a_token(dev: DevServer) -> None:
     assert claims["sub"] == "00000000-0000-4000-8000-000000000001"
     assert claims["app_metadata"]["tier"] == "paid"
     assert 23 * 3600 < claims["exp"] - claims["iat"] <= 24 * 3600
+
+
+def test_the_banner_points_at_the_api_docs(dev: DevServer) -> None:
+    [line] = [ln for ln in dev.lines if ln.strip().startswith("docs ")]
+    url = line.split()[1]
+    assert url == f"{dev.base}/docs" and "TOKEN" in line
+    with httpx.Client(timeout=10) as client:
+        page = client.get(url)
+        assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+        doc = client.get(f"{dev.base}/openapi.json").json()
+    assert doc["servers"][0]["url"] == dev.base
+    assert {f"/functions/v1/{name}/health" for name in FUNCTIONS} <= set(doc["paths"])
 
 
 def test_printed_curl_commands_work_as_printed(dev: DevServer) -> None:
