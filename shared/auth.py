@@ -1,8 +1,10 @@
 """Supabase access tokens verified locally: no network call per request.
 
 - ES256 / RS256 against the project's JWKS (`<SUPABASE_URL>/auth/v1/.well-known/jwks.json`),
-  cached at most `jwks_cache_seconds` (Supabase's own edge caches 10 minutes), refetched once
-  on an unknown `kid`, with a cool-down so a flood of bad `kid`s cannot hammer the endpoint.
+  fresh for `jwks_cache_seconds` (Supabase's own edge caches 10 minutes), then served stale
+  for up to `jwks_max_stale_seconds` more while one background refresh runs (`JWKSCache`):
+  a slow or hanging JWKS endpoint never holds up a request whose key is known. Refetched
+  once on an unknown `kid`, with a cool-down so a flood of bad `kid`s cannot hammer it.
 - HS256 only where the project's JWT secret is configured.
 - Checked: signature, `exp` / `nbf` (with leeway), `iss`, `aud`, `role`, `sub`.
 - The verified principal is cached in-process by token hash until the token's `exp`.
@@ -80,8 +82,23 @@ class PrincipalCache:
 
 
 class JWKSCache:
-    """Keys by `kid`, fetched with httpx under a timeout. Static keys (inline JWKS) never
-    expire and are never fetched."""
+    """Signing keys by `kid`, fetched with httpx under a deadline, one fetch at a time.
+
+    A request never waits for a fetch while the keys it needs are usable:
+
+    - younger than `max_age`: served;
+    - older, up to `max_age + max_stale` (the ceiling): still served at once, while one
+      background refresh runs (a failed one is retried at most once a second, only when a
+      request needs the keys);
+    - past the ceiling, or before the first fetch: requests wait for the one fetch in
+      flight (at most `timeout`), and get 503 `AUTH_KEYS_UNAVAILABLE` if it fails. A
+      revoked key therefore stops being accepted at most `max_age + max_stale` after
+      Supabase stops publishing it, however long the JWKS endpoint is down.
+
+    A token with an unknown `kid` waits for the fetch in flight, or starts one, at most
+    once per `cooldown` while the keys are fresh, so a flood of made-up `kid`s costs one
+    fetch per cool-down. Static keys (an inline JWKS) never expire and are never fetched.
+    """
 
     def __init__(
         self,
@@ -89,6 +106,7 @@ class JWKSCache:
         *,
         static_jwks: dict[str, Any] | None = None,
         max_age: float = 600,
+        max_stale: float = 600,
         cooldown: float = 30,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -96,6 +114,7 @@ class JWKSCache:
     ) -> None:
         self.url = url
         self.max_age = max_age
+        self.max_stale = max_stale
         self.cooldown = cooldown
         self.timeout = timeout
         self.clock = clock
@@ -104,7 +123,7 @@ class JWKSCache:
         self.fetched_at = float("-inf")
         self.last_attempt = float("-inf")
         self.fetch_count = 0
-        self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task[None] | None = None
         self.static = static_jwks is not None
         if static_jwks is not None:
             self.keys = self._parse(static_jwks)
@@ -121,43 +140,50 @@ class JWKSCache:
                 continue
         return keys
 
-    def _fresh(self) -> bool:
-        return self.static or self.clock() - self.fetched_at < self.max_age
-
     async def get(self, kid: str) -> PyJWK | None:
-        if self._fresh() and kid in self.keys:
-            return self.keys[kid]
+        key = self.keys.get(kid)
         if self.static or self.url is None:
-            return self.keys.get(kid)
-        # stale keys, or an unknown kid: refetch. One fetch at a time (the lock), and after
-        # any attempt, success or not, no other for a while: an unknown kid waits the full
-        # cool-down, stale keys a second. A JWKS outage never turns into a queue of fetches.
-        async with self._lock:
-            if self._fresh() and kid in self.keys:
-                return self.keys[kid]
-            since = self.clock() - self.last_attempt
-            if since >= (self.cooldown if self._fresh() else min(self.cooldown, 1.0)):
-                await self._fetch()
-        if not self.keys and self.fetched_at == float("-inf"):
+            return key
+        age = self.clock() - self.fetched_at
+        if key is not None and age < self.max_age:
+            return key
+        if key is not None and age < self.max_age + self.max_stale:
+            self._refresh(min_gap=1.0)  # stale: serve now, refresh in the background
+            return key
+        # an unknown kid, no keys yet, or keys past the ceiling: wait for a fetch
+        task = self._refresh(min_gap=self.cooldown if age < self.max_age else 1.0)
+        if task is not None:
+            await asyncio.shield(task)  # a waiter that gives up does not cancel the fetch
+        if self.clock() - self.fetched_at >= self.max_age + self.max_stale:
             raise errors.ServiceUnavailable("the signing keys could not be fetched", code="AUTH_KEYS_UNAVAILABLE")
-        # stale keys keep working through a JWKS outage (Supabase's rotation window is 20 min)
         return self.keys.get(kid)
 
-    async def _fetch(self) -> None:
+    def _refresh(self, min_gap: float) -> asyncio.Task[None] | None:
+        """The fetch in flight, else a new one if the last attempt is at least `min_gap`
+        seconds old, else None."""
+        loop = asyncio.get_running_loop()
+        task = self._inflight
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return task
+        if self.clock() - self.last_attempt < min_gap:
+            return None
         self.last_attempt = self.clock()
         self.fetch_count += 1
+        self._inflight = task = loop.create_task(self._fetch())
+        return task
+
+    async def _fetch(self) -> None:
         try:
             if self.http is None:
                 import httpx
 
                 self.http = httpx.AsyncClient(timeout=self.timeout)
-            resp = await self.http.get(self.url, timeout=self.timeout)
-            resp.raise_for_status()
+            async with asyncio.timeout(self.timeout):
+                resp = await self.http.get(self.url, timeout=self.timeout)
+                resp.raise_for_status()
             self.keys = self._parse(loads(resp.content))
             self.fetched_at = self.clock()
-        except Exception:
-            # keep serving the keys we had (the rotation window is 20 minutes); a token with
-            # an unknown kid fails with TOKEN_KEY_UNKNOWN
+        except Exception:  # noqa: BLE001 - keep the keys we had; get() decides what to serve
             return
 
 
@@ -181,6 +207,7 @@ class TokenVerifier:
             settings.jwks_url,
             static_jwks=static,
             max_age=min(settings.jwks_cache_seconds, 600),
+            max_stale=settings.jwks_max_stale_seconds,
             cooldown=settings.jwks_refresh_cooldown_seconds,
             http=http,
         )

@@ -127,6 +127,13 @@ class CoreSettings(Settings):
     jwks_cache_seconds: int = 600
     """How long fetched signing keys are trusted before a refresh, in seconds (at most 600,
     Supabase's own edge cache)."""
+    jwks_max_stale_seconds: int = Field(default=600, ge=0)
+    """The ceiling on stale signing keys: how long past JWKS_CACHE_SECONDS the last keys
+    fetched are still served (at once, while one background refresh runs) when the JWKS
+    endpoint is slow or down. Past it, tokens get 503 `AUTH_KEYS_UNAVAILABLE` until a fetch
+    succeeds, so a revoked key is accepted at most JWKS_CACHE_SECONDS + this after Supabase
+    stops publishing it (20 minutes by default: the window Supabase documents for its own
+    JWKS caches to clear)."""
     jwks_refresh_cooldown_seconds: int = 30
     """Least time between two JWKS fetches caused by tokens with an unknown `kid`."""
     supabase_service_role_key: str | None = None
