@@ -45,11 +45,12 @@ DEMO_TIER = "paid"
 DEMO_TOKEN_SECONDS = 24 * 3600
 
 #: Example calls printed at start, each working exactly as printed (copy-paste into a shell
-#: after the printed `TOKEN=...` line). `{base}` is the server's base URL; authenticated
-#: examples can use `-H "Authorization: Bearer $TOKEN"`.
+#: after the printed `TOKEN=...` and `SERVICE_TOKEN=...` lines). `{base}` is the server's base
+#: URL; authenticated examples can use `-H "Authorization: Bearer $TOKEN"`, internal ones
+#: (deep health, the orchestrator's drain) `$SERVICE_TOKEN`.
 EXAMPLES: list[str] = [
     "curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/functions/v1/optimized-dashboard?range=month'",
-    "curl -s '{base}/functions/v1/webhooks/health?deep=1'",
+    "curl -s -H \"Authorization: Bearer $SERVICE_TOKEN\" '{base}/functions/v1/webhooks/health?deep=1'",
     "curl -s {base}" + JWKS_PATH,
 ]
 
@@ -366,11 +367,12 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
 
         gateway = LocalGateway(apps, jwks, services, docs=APIDocs(base))
         token = mint(jwk, user_id=DEMO_USER_ID, tier=DEMO_TIER, expires_in=DEMO_TOKEN_SECONDS)
+        service_token = mint(jwk, user_id="service_role", role="service_role", tier=None, expires_in=DEMO_TOKEN_SECONDS)
 
         # 5. serve (and say where, for `edgefn seed --data-dir` and the other tools)
         from edgefn import devstate
 
-        banner = _banner(base, apps, lines, applied, token, time.monotonic() - t0)
+        banner = _banner(base, apps, lines, applied, token, service_token, time.monotonic() - t0)
         devstate.write(data_dir, url=base, database_url=database_url)
         stack.callback(devstate.remove, data_dir)
         _serve(gateway, sock, port, banner, signals)
@@ -412,7 +414,9 @@ def _configure_functions(explicit: dict[str, Any]) -> tuple[dict[str, FunctionAp
     return apps, services
 
 
-def _banner(base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, took: float) -> str:
+def _banner(
+    base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, service_token: str, took: float
+) -> str:
     from edgefn.apidocs import DOCS_PATH
 
     out = [
@@ -428,6 +432,8 @@ def _banner(base: str, apps: dict[str, Any], lines: list[str], applied: list[str
         "",
         f"demo user {DEMO_USER_ID} (tier {DEMO_TIER}); access token, valid 24 h:",
         f"TOKEN={token}",
+        "a service_role token, valid 24 h, for internal routes (deep health, the orchestrator's drain):",
+        f"SERVICE_TOKEN={service_token}",
         "",
         "try:",
         *(example.format(base=base) for example in EXAMPLES),

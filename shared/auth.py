@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt import PyJWK
@@ -28,7 +29,11 @@ from jwt import PyJWK
 from shared import errors
 from shared.context import Principal
 from shared.envelope import loads
+from shared.ratelimit import USER_TIERS
 from shared.settings import CoreSettings
+
+if TYPE_CHECKING:
+    from shared.context import RequestContext
 
 ASYMMETRIC = frozenset({"ES256", "RS256"})
 USER_ROLES = frozenset({"authenticated", "service_role"})
@@ -238,7 +243,9 @@ class TokenVerifier:
             user_id=sub,
             role=role,
             session_id=claims.get("session_id"),
-            tier_hint=tier if isinstance(tier, str) else None,
+            # only a tier we know: anything else is as if the token named none (the limiter
+            # then reads Redis or the database)
+            tier_hint=tier if isinstance(tier, str) and tier in USER_TIERS else None,
             expires_at=int(claims["exp"]),
             claims=claims,
         )
@@ -298,3 +305,34 @@ def bearer_token(headers: Any) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
+
+
+def secret_matches(offered: str | bytes | None, secrets: Iterable[str | None]) -> bool:
+    """Whether `offered` is one of the configured `secrets` (unset ones skipped), in
+    constant time: every value is compared, over SHA-256 digests, so neither which one
+    matched nor a secret's length shows in the time taken."""
+    if offered is None:
+        return False
+    got = hashlib.sha256(offered.encode() if isinstance(offered, str) else offered).digest()
+    matched = False
+    for secret in secrets:
+        if secret:
+            matched |= hmac.compare_digest(got, hashlib.sha256(secret.encode()).digest())
+    return matched
+
+
+async def require_service(ctx: RequestContext, secrets: Iterable[str | None], what: str) -> None:
+    """For internal routes (the orchestrator's drain, deep health): the bearer must be one
+    of `secrets` or a valid `service_role` token; a user's token is not enough.
+    401 `AUTH_REQUIRED` without a bearer, `SECRET_INVALID` with a wrong one."""
+    token = bearer_token(ctx.headers)
+    if token is None:
+        raise errors.Unauthenticated(f"{what} needs the service secret", code="AUTH_REQUIRED")
+    if secret_matches(token, secrets):
+        return
+    try:
+        principal = await ctx.services.verifier.verify(token)
+    except errors.AppError:
+        principal = None
+    if principal is None or not principal.is_service:
+        raise errors.Unauthenticated(f"{what} needs the service secret", code="SECRET_INVALID")

@@ -1,6 +1,9 @@
-"""`GET <function>/health`: liveness without I/O; `?deep=1` also checks the function's
-dependencies, each under its own deadline, and answers 503 when one is down (in the error
-envelope like every refusal, code DEPENDENCY_UNAVAILABLE, the checks in its details)."""
+"""`GET <function>/health`: liveness without I/O, open to anyone; `?deep=1` also checks the
+function's dependencies, each under its own deadline, and answers 503 when one is down (in
+the error envelope like every refusal, code DEPENDENCY_UNAVAILABLE, the checks in its
+details). A deep check costs a database query, a Redis ping and maybe an R2 call, so it
+needs `Authorization: Bearer <HEALTH_SECRET | the service role key | a service_role JWT>`
+(401 otherwise, before any check runs)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared.app import FunctionApp
+from shared.auth import require_service
 from shared.context import RequestContext
 from shared.envelope import JSONResponse, error_body
 
@@ -37,10 +41,15 @@ class HealthQuery(BaseModel):
 
 
 def add_health_route(fn: FunctionApp, dependencies: tuple[str, ...] = ("database", "redis")) -> None:
-    @fn.get("/health", auth="public", query=HealthQuery, summary="Liveness; ?deep=1 checks dependencies", tags=("health",))
+    @fn.get("/health", auth="public", query=HealthQuery, summary="Liveness; ?deep=1 (service secret) checks dependencies", tags=("health",))
     async def health(ctx: RequestContext) -> Any:
         body: dict[str, Any] = {"status": "ok", "function": fn.name}
         if ctx.query.deep:
+            settings = ctx.settings
+            await require_service(
+                ctx, (getattr(settings, "health_secret", None), getattr(settings, "supabase_service_role_key", None)),
+                "a deep health check",
+            )
             names = list(dependencies)
             results = await asyncio.gather(*(_check(n, ctx) for n in names))
             body["services"] = dict(zip(names, results))

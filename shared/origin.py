@@ -9,39 +9,18 @@ auth or any I/O, so the client-address header the pipeline believes was set by t
 
 Two values are accepted so the secret can be rotated without refusing traffic: add the new
 value to the functions, switch CloudFront to it, then drop the old one. The comparison
-runs against both values every time, over SHA-256 digests, so neither which value matched
-nor the secret's length shows in the time taken.
+(`shared.auth.secret_matches`) runs against both values every time, over SHA-256 digests,
+so neither which value matched nor the secret's length shows in the time taken.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shared import errors
+from shared.auth import secret_matches
 from shared.envelope import error_response
-
-
-def _digest(value: bytes) -> bytes:
-    return hashlib.sha256(value).digest()
-
-
-class OriginVerifier:
-    """Whether a header value is one of the configured secrets, in constant time."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        if not secrets:
-            raise ValueError("at least one origin secret is needed")
-        self._digests = tuple(_digest(s.encode()) for s in secrets)
-
-    def matches(self, offered: bytes | None) -> bool:
-        got = _digest(offered or b"")
-        ok = False
-        for expected in self._digests:
-            ok |= hmac.compare_digest(got, expected)  # every value compared: no early exit
-        return ok and offered is not None
 
 
 class OriginVerificationMiddleware:
@@ -51,7 +30,7 @@ class OriginVerificationMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], header: str, secrets: Sequence[str]) -> None:
         self.app = app
         self.header = header.lower().encode("latin-1")
-        self.verifier = OriginVerifier(secrets)
+        self.secrets = tuple(secrets)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -60,7 +39,7 @@ class OriginVerificationMiddleware:
                 if k == self.header:
                     offered = v
                     break
-            if not self.verifier.matches(offered):
+            if not secret_matches(offered, self.secrets):
                 state = scope["state"]
                 resp = error_response(
                     errors.Forbidden("requests must come through the CDN", code="ORIGIN_NOT_VERIFIED"),

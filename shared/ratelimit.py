@@ -24,6 +24,9 @@ from typing import Any
 from shared.kv import KV, Script
 
 TIERS = ("anonymous", "free", "paid", "admin")
+#: the tiers a signed-in user can have (a token's `app_metadata.tier`, the webhooks' record)
+USER_TIERS = frozenset(TIERS) - {"anonymous"}
+_TIERS = frozenset(TIERS)
 DEFAULT_LIMITS: Mapping[str, int] = {"anonymous": 10, "free": 100, "paid": 500, "admin": 1000}
 
 # KEYS: 1 tier key, 2 window key, 3 version key, 4 entry key, 5 lock key
@@ -211,6 +214,8 @@ class RateLimiter:
         """Admit `cost` units for `identity` (or, with `partial`, as many as fit).
 
         `cache_keys` = (version key or "", entry key, lock key) rides in the same round trip."""
+        if tier_hint not in _TIERS:  # it is packed into the script's arguments
+            raise ValueError(f"unknown tier {tier_hint!r}")
         tkey = tier_key(self.kv, user_id) if user_id else self.kv.key("tier", "{anonymous}")
         version_key, entry_key, lock_key = cache_keys or ("", self.kv.key("none"), self.kv.key("none"))
         packed = (
@@ -239,4 +244,6 @@ class RateLimiter:
         )
 
     async def set_tier(self, user_id: str, tier: str, *, ttl: int | None = None, only_if_absent: bool = False) -> None:
+        if tier not in USER_TIERS:
+            raise ValueError(f"unknown tier {tier!r}")
         await self.kv.set(tier_key(self.kv, user_id), tier, ex=ttl, nx=only_if_absent)

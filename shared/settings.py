@@ -139,6 +139,10 @@ class CoreSettings(Settings):
     supabase_service_role_key: str | None = None
     """The service role key (secret): sent to Supabase Realtime's broadcast API, and accepted
     as the bearer of internal routes such as the orchestrator's `/drain`."""
+    health_secret: str | None = None
+    """A bearer value (secret) that may call `GET <function>/health?deep=1`, for a monitor
+    that holds no service role key; the service role key and a `service_role` token are
+    accepted too. Liveness (`/health`) needs nothing."""
 
     # -- outbound HTTP (JWKS, Realtime, FCM, APNs, Paystack, RevenueCat) ---------------------
     breaker_failure_threshold: int = Field(default=5, ge=1)

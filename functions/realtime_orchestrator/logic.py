@@ -13,8 +13,9 @@ from functions.realtime_orchestrator.models import Accepted, DatabaseWebhook, In
 from functions.realtime_orchestrator.rules import RULES, table_event
 from functions.realtime_orchestrator.signatures import verify_secret_header, verify_standard
 from shared import errors
-from shared.inputs import parse_model, read_body
+from shared.auth import require_service
 from shared.envelope import has_nul, loads
+from shared.inputs import parse_model, read_body
 from shared.observability import json_log
 
 if TYPE_CHECKING:
@@ -125,20 +126,4 @@ async def inbox(ctx: RequestContext) -> InboxPage:
 async def authorize_drain(ctx: RequestContext) -> None:
     """`Authorization: Bearer <drain secret | service role key | a service_role JWT>`."""
     settings: RealtimeOrchestratorSettings = ctx.settings  # type: ignore[assignment]
-    auth = ctx.headers.get("authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if not token:
-        raise errors.Unauthenticated("the drain needs the service secret", code="AUTH_REQUIRED")
-    for secret in (settings.orchestrator_drain_secret, settings.supabase_service_role_key):
-        if secret:
-            try:
-                verify_secret_header(secret, token)
-                return
-            except errors.Unauthenticated:
-                pass
-    try:
-        principal = await ctx.services.verifier.verify(token)
-    except errors.AppError:
-        principal = None
-    if principal is None or not principal.is_service:
-        raise errors.Unauthenticated("the drain needs the service secret", code="SECRET_INVALID")
+    await require_service(ctx, (settings.orchestrator_drain_secret, settings.supabase_service_role_key), "the drain")

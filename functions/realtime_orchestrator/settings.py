@@ -9,14 +9,16 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from functions.realtime_orchestrator.signatures import secret_bytes
 from shared.settings import CoreSettings, csv
 
 
 class RealtimeOrchestratorSettings(CoreSettings):
     # -- ingest ---------------------------------------------------------------------------
     orchestrator_webhook_secrets: tuple[str, ...] = ()
-    """Standard Webhooks secrets for internal events (`whsec_<base64>`), comma-separated:
-    several at once while a secret is rotated (secret)."""
+    """Standard Webhooks secrets for internal events (secret), comma-separated: several at
+    once while a secret is rotated. Each is base64, with or without the `whsec_` prefix, as
+    the spec's reference libraries read it; one that is not fails at load."""
     webhook_tolerance_seconds: int = 300
     """How far a signed event's timestamp may be from now, in seconds (replay protection)."""
     db_webhook_header: str = "x-webhook-secret"
@@ -113,7 +115,13 @@ class RealtimeOrchestratorSettings(CoreSettings):
     @field_validator("orchestrator_webhook_secrets", mode="before")
     @classmethod
     def _secrets(cls, v: object) -> tuple[str, ...]:
-        return csv(v)  # type: ignore[arg-type]
+        items = csv(v)  # type: ignore[arg-type]
+        for i, secret in enumerate(items, 1):
+            try:
+                secret_bytes(secret)
+            except ValueError as exc:
+                raise ValueError(f"secret {i} of {len(items)}: {exc}") from None
+        return items
 
     @property
     def ingest_drains_inline(self) -> bool:

@@ -2,9 +2,12 @@
 database webhooks (a configured secret header). Everything else is a 401.
 
 Standard Webhooks: the signed content is `"{webhook-id}.{webhook-timestamp}.{body}"`,
-HMAC-SHA256 keyed with the secret's bytes (`whsec_` + base64), sent as a space-separated
-list of `v1,<base64>` in `webhook-signature` (several, so a secret can be rotated). The
-timestamp must be within the tolerance of now (replays of old messages are refused).
+HMAC-SHA256 keyed with the secret's bytes, sent as a space-separated list of
+`v1,<base64>` in `webhook-signature` (several, so a secret can be rotated). The timestamp
+must be within the tolerance of now (replays of old messages are refused). A secret is read
+as the spec's reference libraries read it: an optional `whsec_` prefix, then base64 (the
+padding may be left off, as the Python reference library allows); the settings refuse one
+that is not, naming the key, so a bad secret never reaches a request.
 
     headers = sign("whsec_...", msg_id, body)          # what a sender adds
     verify_standard(secrets, headers, body, now=time.time())
@@ -15,19 +18,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping, Sequence
 
 from shared import errors
+from shared.auth import secret_matches
+
+
+PREFIX = "whsec_"
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 def secret_bytes(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        try:
-            return base64.b64decode(secret[len("whsec_") :], validate=True)
-        except ValueError:
-            raise ValueError("a whsec_ secret must be base64 after the prefix") from None
-    return secret.encode()
+    """The HMAC key of a Standard Webhooks secret: `whsec_` (optional) + base64, with or
+    without its padding. ValueError, without the secret in the message, when it is not."""
+    encoded = secret.removeprefix(PREFIX)
+    bare = encoded.rstrip("=")
+    if not _BASE64.fullmatch(encoded) or len(bare) % 4 == 1:
+        raise ValueError("not base64 (standard alphabet) after the optional whsec_ prefix")
+    return base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
 
 
 def signature(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
@@ -78,6 +88,6 @@ def verify_standard(
 
 
 def verify_secret_header(expected: str | None, offered: str | None) -> None:
-    """A configured shared secret (database webhooks, the drain trigger), constant time."""
-    if not expected or not offered or not hmac.compare_digest(expected.encode(), offered.encode()):
+    """A configured shared secret (database webhooks), constant time."""
+    if not secret_matches(offered, (expected,)):
         raise _refuse("the secret is missing or wrong", "SECRET_INVALID")

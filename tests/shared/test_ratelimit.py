@@ -191,3 +191,27 @@ async def test_tier_missing_everywhere_is_stored_from_the_token(kv: Any, jwks_se
             break
         await asyncio.sleep(0.02)
     assert await kv.get(tier_key(kv, user)) == "paid"
+
+
+@pytest.mark.parametrize("claimed", ["paid 1000000 1000000 1000000 1000000", "admin\t1", "anonymous", "premium", "", 7, ["paid"]])
+async def test_a_token_tier_outside_the_known_tiers_counts_as_none(
+    kv: Any, jwks_server: Any, make_token: Any, claimed: Any
+) -> None:
+    """A tier string with spaces used to shift the script's packed arguments and change the
+    limit; an unknown tier is now as if the token named none (free, with no Redis record)."""
+    fn, _ = limited_app(kv, jwks_server.url, rate_limit_free=4, rate_limit_paid=50, rate_limit_admin=60)
+    token = make_token(str(uuid.uuid4()), extra={"app_metadata": {"tier": claimed}})
+    async with client(fn) as c:
+        r = await c.get("/default", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and r.headers["ratelimit-limit"] == "4"
+
+
+async def test_the_limiter_refuses_unknown_tiers(kv: Any) -> None:
+    limiter = RateLimiter(kv)
+    for bad in ("paid 1 1", "premium", ""):
+        with pytest.raises(ValueError, match="unknown tier"):
+            await limiter.check(rule(), "t", user_id="t", tier_hint=bad)
+        with pytest.raises(ValueError, match="unknown tier"):
+            await limiter.set_tier("t", bad)
+    with pytest.raises(ValueError):
+        await limiter.set_tier("t", "anonymous")  # a signed-in user is never anonymous
