@@ -76,7 +76,7 @@ def providers() -> Iterator[Providers]:
     from bench.orchestrator import fake_providers, make_keys
 
     keys = make_keys()
-    with fake_providers(keys) as url:
+    with fake_providers(keys, fcm_project="edgefn-fleet") as url:
         yield Providers(url, keys)
 
 
@@ -117,7 +117,7 @@ class Fleet:
             env.update({
                 "REALTIME_URL": providers.url, "FCM_SERVICE_ACCOUNT_JSON": json.dumps(account),
                 "FCM_URL": providers.url, "FCM_TOKEN_URL": providers.url + "/token",
-                "APNS_URL": providers.url, "APNS_HTTP2": "false", "APNS_KEY_ID": "KEYID12345",
+                "APNS_URL": providers.url, "APNS_KEY_ID": "KEYID12345",
                 "APNS_TEAM_ID": "TEAMID1234", "APNS_TOPIC": "com.example.app",
                 "APNS_PRIVATE_KEY": providers.keys["apns_private"],
             })  # fmt: skip

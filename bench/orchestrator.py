@@ -3,6 +3,7 @@ Realtime / FCM / APNs stand-ins, with real Postgres and Redis.
 
     python -m bench.orchestrator [--events 10000] [--users 1000] [--outage 30] [--json]
     python -m bench.orchestrator --quick          # 2,000 events, a 10 s outage
+    python -m bench.orchestrator --free-plan      # Realtime on the Free plan, half used by others
 
 Three runs, each on an emptied ledger, the function served by uvicorn (2 workers, so
 drainers in different processes compete for the same rows), 32 concurrent signed ingests
@@ -17,6 +18,15 @@ request, pushes and coalesced pushes, end-to-end p95 per channel (event written 
 recorded; normal-priority pushes wait for their batching window by design), the subject /
 baseline ratio of provider requests, and for the outage run the exactly-once check: every
 (event, topic) and (event, device) accepted by the providers exactly once, none lost.
+
+`--free-plan` instead: the Realtime stand-in enforces the Free plan as Realtime's server does
+(100 messages/s as a 60 s average, the batch counted on top, 429 without Retry-After) while
+other clients of the project use 50/s. The events arrive open loop, their Realtime messages at
+`--arrival` times the remaining 50/s, through the same fleet. Prints delivered messages per
+second over the run and its ratio to the remaining rate (goal >= 0.90), the 429 count and
+share of requests (goal < 1 %), the maximum backlog age (sampled every second: the oldest
+acknowledged event not yet routed, or due Realtime message not yet delivered) and the
+exactly-once check.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -65,12 +76,12 @@ def make_keys() -> dict[str, str]:
 
 
 @contextmanager
-def fake_providers(keys: dict[str, str]) -> Iterator[str]:
-    """The tests' provider stand-in, in its own process (its threads do not compete with the
-    load generator for this process's GIL)."""
+def fake_providers(keys: dict[str, str], fcm_project: str = "edgefn-bench") -> Iterator[str]:
+    """The tests' provider stand-in, in its own process (it does not compete with the load
+    generator for this process's GIL); APNs on the same port, over HTTP/2."""
     port = harness.free_port()
     config = json.dumps({"service_key": SERVICE_KEY, "fcm_public_key": keys["fcm_public"],
-                         "apns_public_key": keys["apns_public"]})
+                         "apns_public_key": keys["apns_public"], "fcm_project": fcm_project})
     proc = subprocess.Popen([sys.executable, "-m", "tests.functions.realtime_orchestrator.fakes", "--port", str(port),
                              "--config", config], cwd=harness.ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -103,7 +114,7 @@ def server_env(dsn: str, redis_url: str, fake: str, keys: dict[str, str], args: 
         "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY, "REALTIME_URL": fake,
         "REALTIME_MESSAGES_PER_SECOND": str(args.mps), "REALTIME_BATCH_SIZE": "100",
         "FCM_SERVICE_ACCOUNT_JSON": json.dumps(account), "FCM_URL": fake, "FCM_TOKEN_URL": fake + "/token",
-        "APNS_URL": fake, "APNS_HTTP2": "false", "APNS_KEY_ID": "KEYID12345", "APNS_TEAM_ID": "TEAMID1234",
+        "APNS_URL": fake, "APNS_KEY_ID": "KEYID12345", "APNS_TEAM_ID": "TEAMID1234",
         "APNS_TOPIC": "com.example.app", "APNS_PRIVATE_KEY": keys["apns_private"],
         "BATCH_WINDOW_SECONDS": str(args.window), "PUSH_DAILY_CAP": "100000", "DRAIN_BUDGET_SECONDS": "10",
         "MAX_ATTEMPTS": "12",
@@ -175,10 +186,29 @@ def empty_ledger(dsn: str) -> None:
 # -- one run ---------------------------------------------------------------------------------------
 
 
-async def drive(port: int, fake: str, dsn: str, events: list[dict[str, Any]], concurrency: int,
-                outage: float, timeout: float) -> dict[str, Any]:
+async def post_event(client: httpx.AsyncClient, base: str, i: int, event: dict[str, Any], statuses: Counter[Any]) -> None:
+    """One signed event into ingest, retried on 5xx and transport errors as a sender does:
+    with the same webhook-id (idempotent)."""
     from functions.realtime_orchestrator.signatures import sign
 
+    raw = json.dumps(event).encode()
+    msg_id = f"msg_{i}_{uuid.uuid4().hex[:8]}"
+    for attempt in range(5):
+        headers = {**sign(WEBHOOK_SECRET, msg_id, raw), "content-type": "application/json"}
+        try:
+            resp = await client.post(base + "/events", content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            statuses[type(exc).__name__] += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        statuses[resp.status_code] += 1
+        if resp.status_code < 500:
+            return
+        await asyncio.sleep(0.2 * (attempt + 1))
+
+
+async def drive(port: int, fake: str, dsn: str, events: list[dict[str, Any]], concurrency: int,
+                outage: float, timeout: float) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}{BASE}"
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     stop = asyncio.Event()
@@ -210,20 +240,7 @@ async def drive(port: int, fake: str, dsn: str, events: list[dict[str, Any]], co
                 i, ev = queue.pop(0)
                 if outage and outage_task is None and i >= len(events) // 2:
                     outage_task = asyncio.create_task(push_outage())
-                raw = json.dumps(ev).encode()
-                msg_id = f"msg_{i}_{uuid.uuid4().hex[:8]}"
-                for attempt in range(5):  # a sender retries with the same webhook-id: idempotent
-                    headers = {**sign(WEBHOOK_SECRET, msg_id, raw), "content-type": "application/json"}
-                    try:
-                        resp = await client.post(base + "/events", content=raw, headers=headers)
-                    except httpx.HTTPError as exc:
-                        statuses[type(exc).__name__] += 1
-                        await asyncio.sleep(0.2 * (attempt + 1))
-                        continue
-                    statuses[resp.status_code] += 1
-                    if resp.status_code < 500:
-                        break
-                    await asyncio.sleep(0.2 * (attempt + 1))
+                await post_event(client, base, i, ev, statuses)
 
         drainers = [asyncio.create_task(drainer()) for _ in range(2)]
         started = time.time()
@@ -382,6 +399,177 @@ def render(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- the Free plan, half used by others ----------------------------------------------------------
+
+FREE_PLAN = 100  # messages per second (guides/realtime/limits)
+
+
+def messages_of(event: dict[str, Any]) -> int:
+    """Realtime messages an event makes: one per recipient (a match: two)."""
+    return len(event["recipients"])
+
+
+async def drive_open_loop(port: int, fake: str, dsn: str, redis_url: str, key_prefix: str,
+                          events: list[dict[str, Any]], rate: float, timeout: float) -> dict[str, Any]:
+    """Events written into the outbox at `rate` per second, open loop, the way our functions
+    write them (`enqueue_event`, a transaction every 0.2 s), two scheduled-drain loops, and
+    every second the backlog age and the Realtime pace (its rate in Redis), until every
+    Realtime message is delivered."""
+    import redis.asyncio as aioredis
+    from psycopg.types.json import Jsonb
+
+    base = f"http://127.0.0.1:{port}{BASE}"
+    stop = asyncio.Event()
+    samples: list[dict[str, float]] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def drainer() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.post(base + "/drain", headers={"authorization": f"Bearer {DRAIN_SECRET}"})
+                await asyncio.sleep(0.5)
+
+        async def sampler() -> None:
+            r = aioredis.from_url(redis_url)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    cur = await conn.execute(
+                        "select greatest((select extract(epoch from now() - min(created_at)) from public.outbox "
+                        "                 where processed_at is null),"
+                        "                (select extract(epoch from now() - min(due_at)) from public.event_deliveries "
+                        "                 where channel = 'realtime' and status in ('pending', 'leased') and due_at <= now()))")
+                    row = await cur.fetchone()
+                    pace = await r.hget(f"{key_prefix}:pace:realtime", "rate")
+                    samples.append({"at": time.time(), "backlog_s": float(row[0] or 0.0) if row else 0.0,
+                                    "pace": float(pace) if pace else float("nan")})
+                    await asyncio.sleep(1.0)
+            await r.aclose()
+
+        tasks = [asyncio.create_task(drainer()) for _ in range(2)] + [asyncio.create_task(sampler())]
+        started = time.time()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            written = 0
+            while written < len(events):
+                due = min(len(events), int((time.time() - started) * rate) + 1)
+                async with conn.transaction():
+                    async with conn.pipeline():
+                        for ev in events[written:due]:
+                            await conn.execute("select public.enqueue_event(%s, %s, %s::uuid[])",
+                                               (ev["type"], Jsonb(ev["data"]), ev["recipients"]))
+                written = due
+                await asyncio.sleep(0.2)
+            ingest_s = time.time() - started
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                cur = await conn.execute(
+                    "select (select count(*) from public.outbox where processed_at is null) + "
+                    "(select count(*) from public.event_deliveries where channel = 'realtime' "
+                    " and status in ('pending', 'leased'))")
+                row = await cur.fetchone()
+                if row and row[0] == 0:
+                    break
+                await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        records = (await client.get(fake + "/_records", timeout=120)).json()
+        stats = (await client.get(fake + "/_stats", timeout=30)).json()
+    return {"started": started, "ingest_s": ingest_s, "statuses": {}, "records": records, "stats": stats,
+            "samples": samples}
+
+
+def timeline(records: list[dict[str, Any]], samples: list[dict[str, float]], started: float, step: float = 30.0) -> list[str]:
+    """Per `step` seconds: messages delivered per second, 429s, the pace and the backlog age."""
+    rows = []
+    end = max((r["at"] for r in records), default=started)
+    t = started
+    while t < end:
+        rt = [r for r in records if r["provider"] == "realtime" and t <= r["at"] < t + step]
+        sent = sum(len(r["body"]["messages"]) for r in rt if r["status"] == 202)
+        window = [x for x in samples if t <= x["at"] < t + step]
+        paces = [x["pace"] for x in window if x["pace"] == x["pace"]]
+        rows.append(f"  {t - started:5.0f}-{t - started + step:4.0f} s  {sent / step:5.1f}/s  429: "
+                    f"{sum(r['status'] == 429 for r in rt):2d}  pace {min(paces, default=0):5.1f}-{max(paces, default=0):5.1f}"
+                    f"  backlog {max((x['backlog_s'] for x in window), default=0):5.1f} s")
+        t += step
+    return rows
+
+
+def run_free_plan(args: argparse.Namespace) -> dict[str, Any]:
+    keys = make_keys()
+    other = FREE_PLAN * args.other_share
+    remaining = FREE_PLAN - other
+    with harness.services() as svc, fake_providers(keys) as fake:
+        with harness.scratch_database(svc.admin_dsn, f"edgefn_bench_free_plan_{secrets.token_hex(3)}") as dsn:
+            world = seed(dsn, args.users)
+            events = make_events(world, args.events)
+            per_event = sum(messages_of(e) for e in events) / len(events)
+            rate = remaining * args.arrival / per_event
+            httpx.post(fake + "/_realtime", json={"max_events_per_second": FREE_PLAN, "other_rate": other}).raise_for_status()
+            env = server_env(dsn, svc.redis_url, fake, keys, args, {"REALTIME_MESSAGES_PER_SECOND": str(FREE_PLAN)})
+            print(f"-- free plan: {len(events)} events at {rate:.1f}/s ...", file=sys.stderr, flush=True)
+            with harness.server(APP, env, workers=args.workers, ready_path=BASE + "/health") as port:
+                run = asyncio.run(drive_open_loop(port, fake, dsn, svc.redis_url, env["KEY_PREFIX"], events, rate,
+                                                  args.timeout))
+            checked = measure(dsn, run, len(events))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                p95 = conn.execute("select percentile_cont(0.95) within group (order by extract(epoch from sent_at - due_at)) "
+                                   "from public.event_deliveries where channel = 'realtime' and status = 'sent'").fetchone()
+    rt = [r for r in run["records"] if r["provider"] == "realtime"]
+    ok = [r for r in rt if r["status"] == 202]
+    delivered = sum(len(r["body"]["messages"]) for r in ok)
+    span = max(r["at"] for r in ok) - run["started"] if ok else float("nan")
+    answers = Counter(r["status"] for r in rt)
+    per_s = delivered / span
+    stats = run["stats"]["realtime"]
+    return {
+        "machine": harness.machine(),
+        "settings": {"events": len(events), "users": args.users, "plan_messages_per_s": FREE_PLAN,
+                     "others_messages_per_s": other, "remaining_messages_per_s": remaining,
+                     "arrival_messages_per_s": round(rate * per_event, 1), "events_per_s": round(rate, 1),
+                     "workers": args.workers},
+        "realtime_messages_delivered": delivered,
+        "seconds": round(span, 1),
+        "delivered_per_s": round(per_s, 1),
+        "ratio_to_remaining_rate": round(per_s / remaining, 3),
+        "requests": sum(answers.values()),
+        "answers": {str(k): v for k, v in sorted(answers.items())},
+        "throttled_429": answers.get(429, 0),
+        "throttled_share": round(answers.get(429, 0) / max(sum(answers.values()), 1), 4),
+        "messages_per_request": round(delivered / max(len(ok), 1), 2),
+        "max_backlog_age_s": round(max((x["backlog_s"] for x in run["samples"]), default=0.0), 1),
+        "e2e_p95_realtime_s": round(float(p95[0]), 2) if p95 and p95[0] is not None else None,
+        "others_measured_messages_per_s": round(stats["other_messages"] / stats["other_seconds"], 1),
+        "exactly_once": checked["exactly_once"],
+        "failed_attempts": checked["failed_attempts"],
+        "timeline": timeline(run["records"], run["samples"], run["started"]),
+        "goal_met": per_s >= 0.9 * remaining and answers.get(429, 0) < 0.01 * max(sum(answers.values()), 1),
+    }
+
+
+def render_free_plan(out: dict[str, Any]) -> str:
+    s = out["settings"]
+    eo = out["exactly_once"]
+    once = eo["realtime_duplicates"] == 0 and eo["realtime_matches_ledger"] and eo["outbox_unrouted"] == 0
+    return "\n".join([
+        f"machine: {out['machine']}",
+        "settings: " + ", ".join(f"{k}={v}" for k, v in s.items()),
+        "",
+        f"Realtime messages delivered   {out['realtime_messages_delivered']} in {out['seconds']} s",
+        f"delivered/s                   {out['delivered_per_s']}  "
+        f"(remaining rate {s['remaining_messages_per_s']}: ratio {out['ratio_to_remaining_rate']}, goal >= 0.90)",
+        f"429 answers                   {out['throttled_429']} of {out['requests']} requests "
+        f"({out['throttled_share'] * 100:.2f} %, goal < 1 %)",
+        f"messages per request          {out['messages_per_request']}",
+        f"max backlog age               {out['max_backlog_age_s']} s (e2e p95 {out['e2e_p95_realtime_s']} s)",
+        f"others' traffic, measured     {out['others_measured_messages_per_s']} messages/s",
+        f"exactly once (Realtime)       {'OK' if once else 'FAILED'} {eo}",
+        f"goal                          {'met' if out['goal_met'] else 'NOT met'}",
+        "",
+        "timeline (delivered, 429s, the shared pace's rate, the backlog age):",
+        *out["timeline"],
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--events", type=int, default=10_000)
@@ -394,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the last delivery")
     ap.add_argument("--quick", action="store_true", help="2,000 events, 500 users, a 10 s outage")
     ap.add_argument("--only", help="run only the runs whose name contains this (no ratios)")
+    ap.add_argument("--free-plan", action="store_true", help="Realtime on the Free plan with others using part of it")
+    ap.add_argument("--other-share", type=float, default=0.5, help="--free-plan: the plan's share other clients use")
+    ap.add_argument("--arrival", type=float, default=1.0,
+                    help="--free-plan: Realtime messages arrive at this times the remaining rate")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -401,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     from functions.realtime_orchestrator.providers import fail_fast_on_missing_sniffio
 
     fail_fast_on_missing_sniffio()  # the load generator uses httpx too
+    if args.free_plan:
+        out = run_free_plan(args)
+        print(json.dumps(out, indent=2, default=str) if args.json else render_free_plan(out))
+        return 0
     out = run_all(args)
     print(json.dumps(out, indent=2, default=str) if args.json else render(out))
     return 0

@@ -6,7 +6,8 @@
     edgefn outbox requeue --id 812 --id 813
 
 `status` prints the outbox (pending, oldest pending age, routed, rejected), the deliveries
-by channel and state, and the most recent dead letters with their last error. `requeue`
+by channel and state, the backlog age per channel (how long the oldest undelivered delivery
+has waited since it was due), and the most recent dead letters with their last error. `requeue`
 moves dead deliveries back to pending with their attempts reset (after the cause is fixed:
 a provider key, a configuration); it never touches sent ones, so nothing is sent twice.
 """
@@ -30,7 +31,8 @@ STATUS_SQL = {
     """,
     "deliveries": """
         select channel, status, count(*) as n,
-               extract(epoch from now() - min(available_at) filter (where status = 'pending' and available_at < now())) as overdue_s
+               extract(epoch from now() - min(due_at) filter (where status in ('pending', 'leased') and due_at <= now()))
+                   as backlog_s
         from public.event_deliveries group by channel, status order by channel, status
     """,
     "dead": """
@@ -86,16 +88,16 @@ def collect(conn: Any, dead: int = 20) -> dict[str, Any]:
     except psycopg.errors.UndefinedTable:
         raise CommandError("no outbox here: run `edgefn migrate` first") from None
     deliveries: dict[str, dict[str, int]] = {}
-    overdue: dict[str, float] = {}
+    backlog: dict[str, float] = {}
     for r in rows:
         deliveries.setdefault(r["channel"], {})[r["status"]] = int(r["n"])
-        if r["overdue_s"] is not None:
-            overdue[r["channel"]] = round(float(r["overdue_s"]), 1)
+        if r["backlog_s"] is not None:
+            backlog[r["channel"]] = max(backlog.get(r["channel"], 0.0), round(float(r["backlog_s"]), 1))
     return {
         "at": datetime.now(timezone.utc).isoformat(),
         "outbox": {k: (round(float(v), 1) if k == "oldest_pending_s" and v is not None else v) for k, v in outbox.items()},
         "deliveries": deliveries,
-        "oldest_overdue_s": overdue,
+        "backlog_age_s": backlog,
         "dead_letters": [{**r, "created_at": r["created_at"].isoformat()} for r in dead_rows],
         "rejected_events": [{**r, "created_at": r["created_at"].isoformat()} for r in rejected],
     }
@@ -114,8 +116,8 @@ def render(status: dict[str, Any]) -> str:
         c = status["deliveries"].get(channel, {})
         lines.append(f"{channel:<10}{c.get('pending', 0):>9}{c.get('leased', 0):>8}{c.get('sent', 0):>10}"
                      f"{c.get('dead', 0):>7}{c.get('dropped', 0):>9}{c.get('suppressed', 0):>12}")
-    if status["oldest_overdue_s"]:
-        lines.append("overdue: " + ", ".join(f"{k} {v} s" for k, v in status["oldest_overdue_s"].items()))
+    if status["backlog_age_s"]:
+        lines.append("backlog age: " + ", ".join(f"{k} {v} s" for k, v in status["backlog_age_s"].items()))
     if status["dead_letters"]:
         lines += ["", "dead letters (latest first):"]
         for d in status["dead_letters"]:
@@ -131,8 +133,8 @@ def render(status: dict[str, Any]) -> str:
 def requeue(conn: Any, *, ids: list[int], all_dead: bool, channel: str | None) -> int:
     if not ids and not all_dead:
         raise CommandError("say which: --dead (all dead deliveries) or --id N")
-    sql = ("update public.event_deliveries set status = 'pending', attempts = 0, available_at = now(), "
-           "lease_owner = null where status = 'dead'")
+    sql = ("update public.event_deliveries set status = 'pending', attempts = 0, throttles = 0, available_at = now(), "
+           "due_at = now(), lease_owner = null where status = 'dead'")
     params: list[Any] = []
     if ids:
         sql += " and id = any(%s)"

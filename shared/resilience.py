@@ -7,7 +7,7 @@
   it, failure opens it again. 4xx answers are the caller's problem, not the provider's
   health, and 429 neither opens nor closes it (the caller backs off);
 - no retries that sleep inside a request: retrying is the caller's decision (the outbox
-  retries across invocations).
+  retries across invocations), and `Backoff` says how long to wait.
 
     http = OutboundHTTP(client)                     # one per warm container
     resp = await http.request("fcm", "POST", url, json=msg, timeout=3.0)
@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from shared import errors
@@ -77,6 +79,32 @@ class CircuitBreaker:
 
     def record_neutral(self) -> None:
         self._trial_in_flight = False
+
+    def trip(self) -> None:
+        """Open now, whatever the count: the provider's answer says calls cannot succeed until
+        someone changes something (a wrong URL, project or key)."""
+        self._trial_in_flight = False
+        self.failures = max(self.failures, self.failure_threshold)
+        self.opened_at = self.clock()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long to wait before the n-th retry: `base` x 2^(n-1), at most `ceiling`, times a
+    random factor in [1 - jitter, 1] (so many clients that failed together do not come back
+    together). A provider's own figure (Retry-After, a documented minimum) is a floor.
+
+        Backoff(base=1, ceiling=60).delay(3)              # 2 to 4 s
+        Backoff(base=1, ceiling=60).delay(1, floor=60.0)  # FCM QUOTA_EXCEEDED: at least a minute
+    """
+
+    base: float
+    ceiling: float
+    jitter: float = 0.5
+
+    def delay(self, n: int, floor: float | None = None, rand: Callable[[], float] = random.random) -> float:
+        grown = min(self.ceiling, self.base * 2 ** max(n - 1, 0))
+        return max(grown * (1 - self.jitter * rand()), floor or 0.0)
 
 
 class OutboundHTTP:

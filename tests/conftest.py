@@ -100,6 +100,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def bridge(redis_url: str) -> Iterator[Any]:
+    """The Upstash REST protocol in front of the run's Redis (`edgefn.upstash_bridge`)."""
+    import secrets
+
+    from edgefn.upstash_bridge import BridgeServer
+
+    server = BridgeServer(redis_url, token=secrets.token_urlsafe(24))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 

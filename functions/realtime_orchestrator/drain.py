@@ -8,25 +8,28 @@
 2. Deliver, per channel: lease due rows (`SKIP LOCKED`, a lease that expires if the drainer
    dies), call the provider outside any transaction, then record the outcome and one
    attempt row per delivery in one statement. Failures retry with exponential backoff up to
-   `max_attempts`, then the row is `dead` (the dead letters). An open circuit releases rows
-   untouched (no attempt used), so an outage delays deliveries without losing any.
+   `max_attempts`, then the row is `dead` (the dead letters). A provider's 429 spends no
+   attempt but one of `max_throttles`. An open circuit releases rows untouched (no attempt
+   used), so an outage delays deliveries without losing any.
 
    - cache: bump the response-cache scope (one INCR each);
-   - realtime: broadcasts in batches of `realtime_batch_size`, paced to the plan's messages
-     per second by a limiter shared through Redis by every drainer; a 429 backs off;
+   - realtime: as many messages as the provider's pace allows (`pacing.py`, shared by every
+     drainer through Redis, adapting to 429s), in batches sized to that pace; a batch
+     Realtime refuses as invalid (422) is split until the bad message is alone (`isolate.py`);
    - push: due rows grouped per (user, device): urgent events one push each, normal ones
      coalesced into one push ("3 new likes"); the user's daily cap is taken atomically
-     before sending; a dead device token is deactivated.
+     before sending; each platform paced like Realtime; a dead device token is deactivated.
 
 The drain loop runs rounds until nothing is due or its budget is spent; when the next row
-is due within a second (pacing, a short backoff) it waits for it.
+is due within a second (pacing, a short backoff) it waits for it. Each drain that did
+something logs one line with its report, including the backlog age per channel (how long
+the oldest undelivered, due delivery has waited).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 import time
 import uuid
@@ -37,6 +40,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from functions.realtime_orchestrator import queries as q
+from functions.realtime_orchestrator.isolate import isolate
+from functions.realtime_orchestrator.pacing import Grant, Pacer
 from functions.realtime_orchestrator.providers import (
     ApnsSender, FcmSender, PushMessage, RealtimeBroadcast, Result, apns_from_settings, fail_fast_on_missing_sniffio,
     fcm_from_settings, message_id,
@@ -46,6 +51,7 @@ from functions.realtime_orchestrator.routing import (
 )
 from functions.realtime_orchestrator.rules import RULES
 from shared.observability import json_log
+from shared.resilience import Backoff
 
 if TYPE_CHECKING:
     from functions.realtime_orchestrator.settings import RealtimeOrchestratorSettings
@@ -71,6 +77,12 @@ class DrainReport:
     push_requests: int = 0
     coalesced_pushes: int = 0
     devices_deactivated: int = 0
+    #: 429s answered to requests (each throttles every delivery in it)
+    throttled_requests: int = 0
+    #: deliveries a provider refused alone as invalid (after splitting their batch)
+    isolated: int = 0
+    #: channel -> seconds the oldest undelivered, due delivery has waited (after the drain)
+    backlog_age_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +103,8 @@ class Done:
     ms: float | None = None
     #: taken from the user's daily push cap
     counted: bool = False
+    #: 1 when a provider answered 429 (the throttle budget)
+    throttled: int = 0
 
 
 class Orchestrator:
@@ -103,11 +117,15 @@ class Orchestrator:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         outbound: OutboundHTTP | None = None,
         owner: str | None = None,
+        credential_clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
         self.settings = settings
         self.clock = clock or services.clock
         self.sleep = sleep or asyncio.sleep
+        #: provider credentials (OAuth assertions, APNs tokens) live in real time, whatever
+        #: clock routing runs on (a test may move both)
+        self.credential_clock = credential_clock
         self._outbound = outbound
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.windows = Windows(
@@ -117,7 +135,11 @@ class Orchestrator:
         )
         self._realtime: RealtimeBroadcast | None = None
         self._senders: dict[str, FcmSender | ApnsSender | None] | None = None
-        self._throttle_streak = 0
+        self._pacers: dict[str, Pacer] = {}
+        #: seconds until a paced provider may be called again (the loop waits for it)
+        self._pace_wait: float | None = None
+        self.retry_backoff = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
+        self.throttle_backoff = Backoff(settings.throttle_base_seconds, settings.throttle_max_seconds)
         self._push_slots: asyncio.Semaphore | None = None
         #: the background drain after ingests (at most one per process) and whether an
         #: ingest stored something since it last looked
@@ -144,21 +166,34 @@ class Orchestrator:
 
     def sender(self, platform: str) -> FcmSender | ApnsSender | None:
         if self._senders is None:
-            # provider credentials (OAuth assertions, APNs tokens) live in real time, whatever
-            # clock routing runs on
             self._senders = {
-                "fcm": fcm_from_settings(self.settings, self.outbound, time.time),
-                "apns": apns_from_settings(self.settings, self.outbound, time.time),
+                "fcm": fcm_from_settings(self.settings, self.outbound, self.credential_clock),
+                "apns": apns_from_settings(self.settings, self.outbound, self.credential_clock, self.services.kv),
             }
         return self._senders.get(platform)
 
+    def pacer(self, provider: str) -> Pacer:
+        """The provider's shared pace: Realtime at the plan's messages per second, in batches;
+        FCM and APNs at their configured ceilings, one message a request."""
+        pacer = self._pacers.get(provider)
+        if pacer is None:
+            s = self.settings
+            if provider == "realtime":
+                pacer = Pacer(self.services.kv, provider, ceiling=s.realtime_messages_per_second,
+                              max_batch=max(1, s.realtime_batch_size), batch_seconds=s.realtime_batch_seconds,
+                              backoff=self.throttle_backoff)
+            else:
+                ceiling = s.fcm_messages_per_second if provider == "fcm" else s.apns_messages_per_second
+                pacer = Pacer(self.services.kv, provider, ceiling=ceiling, backoff=self.throttle_backoff)
+            self._pacers[provider] = pacer
+        return pacer
+
+    def _paced(self, grant: Grant) -> None:
+        if grant.wait > 0:
+            self._pace_wait = grant.wait if self._pace_wait is None else min(self._pace_wait, grant.wait)
+
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
-
-    def backoff(self, attempts: int) -> float:
-        s = self.settings
-        delay = min(s.retry_max_seconds, s.retry_base_seconds * (2 ** max(attempts - 1, 0)))
-        return delay * random.uniform(0.8, 1.2)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -172,6 +207,7 @@ class Orchestrator:
         started = time.monotonic()
         while True:
             report.rounds += 1
+            self._pace_wait = None
             progress, due = await self.route(report, limit)
             if "cache" in due:
                 progress += await self.deliver_cache(report, limit)
@@ -187,10 +223,20 @@ class Orchestrator:
             if not wait:
                 break
             due_in = await self.next_due_in()
+            if due_in is not None and self._pace_wait is not None:
+                due_in = max(due_in, self._pace_wait)  # due, but the provider's pace says wait
             if due_in is None or due_in > min(1.0, left):
                 break
             await self.sleep(max(due_in, 0.01))
+        await self._finish_report(report)
         return report
+
+    async def _finish_report(self, report: DrainReport) -> None:
+        """The backlog age per channel, and one log line when the drain did something."""
+        rows = await self.services.db.fetch(q.BACKLOG_AGE, {"now": self.now()}, service=True)
+        report.backlog_age_s = {r["channel"]: round(max(float(r["age"]), 0.0), 3) for r in rows}
+        if report.routed or report.planned or any(report.sent.values()) or report.throttled or report.retried:
+            json_log.log("info", "drain", **{k: v for k, v in report.to_dict().items() if v})
 
     def drain_soon(self) -> None:
         """Deliver what an ingest just stored, after its response, in this process. One
@@ -343,7 +389,7 @@ class Orchestrator:
             "available_at": [d.available_at for d in done], "uncount": [d.uncount for d in done],
             "error": [d.error for d in done], "sent_at": [d.sent_at for d in done],
             "outcome": [d.outcome for d in done], "code": [d.code for d in done], "ms": [d.ms for d in done],
-            "counted": [d.counted for d in done],
+            "counted": [d.counted for d in done], "throttled": [d.throttled for d in done],
             "owner": self.owner, "now": self.now(),
         }, service=True)
         progress = 0
@@ -366,24 +412,30 @@ class Orchestrator:
             progress += 1
         return progress
 
-    def outcome(self, row: dict[str, Any], res: Result) -> Done:
+    def outcome(self, row: dict[str, Any], res: Result, wait: float | None = None) -> Done:
+        """What `res` makes of a leased row. `wait`: the provider's pace after a provider-wide
+        429 (every drainer waits the same); otherwise the row's own backoff."""
         now = self.now()
-        o = res.outcome
+        o, kw = res.outcome, {"code": res.status_code, "ms": res.duration_ms}
         if o == "sent":
-            return Done(row["id"], "sent", sent_at=now, outcome="sent", code=res.status_code, ms=res.duration_ms)
+            return Done(row["id"], "sent", sent_at=now, outcome="sent", **kw)
         if o == "dropped":
-            return Done(row["id"], "dropped", error=res.error, outcome="dropped", code=res.status_code, ms=res.duration_ms)
+            return Done(row["id"], "dropped", error=res.error, outcome="dropped", **kw)
         if o == "dead" or (o == "retry" and row["attempts"] >= self.settings.max_attempts):
-            return Done(row["id"], "dead", error=res.error, outcome="dead", code=res.status_code, ms=res.duration_ms)
+            return Done(row["id"], "dead", error=res.error, outcome="dead", **kw)
         if o == "retry":
-            at = now + timedelta(seconds=self.backoff(row["attempts"]))
-            return Done(row["id"], "pending", at, error=res.error, outcome="retry", code=res.status_code, ms=res.duration_ms)
+            after = self.retry_backoff.delay(row["attempts"], res.retry_after)
+            return Done(row["id"], "pending", now + timedelta(seconds=after), error=res.error, outcome="retry", **kw)
         if o == "throttled":
-            wait = res.retry_after if res.retry_after is not None else self.backoff(self._throttle_streak)
-            return Done(row["id"], "pending", now + timedelta(seconds=wait), uncount=1, error=res.error,
-                        outcome="throttled", code=res.status_code, ms=res.duration_ms)
+            throttles = row["throttles"] + 1
+            if throttles >= self.settings.max_throttles:
+                return Done(row["id"], "dead", error=f"throttled {throttles} times; last: {res.error}", outcome="dead",
+                            throttled=1, **kw)
+            after = wait if wait is not None else self.throttle_backoff.delay(throttles, res.retry_after)
+            return Done(row["id"], "pending", now + timedelta(seconds=after), uncount=1, error=res.error,
+                        outcome="throttled", throttled=1, **kw)
         # released: not attempted (open circuit, pacing): no attempt used, nothing recorded
-        return self.release(row, res.retry_after or 1.0)
+        return self.release(row, wait if wait is not None else res.retry_after or 1.0)
 
     def release(self, row: dict[str, Any], after: float) -> Done:
         return Done(row["id"], "pending", self.now() + timedelta(seconds=max(after, 0.05)), uncount=1)
@@ -417,50 +469,58 @@ class Orchestrator:
 
     # -- realtime ---------------------------------------------------------------------------------
 
-    async def pace(self, n: int) -> tuple[int, float]:
-        """How many broadcast messages may go now under the plan's messages per second (shared
-        by every drainer through Redis), and how long to wait for the rest."""
-        from shared.kv import KVUnavailable
-        from shared.ratelimit import TIERS, RateRule
-
-        mps = self.settings.realtime_messages_per_second
-        rule = RateRule(name="realtime-broadcast", limits={t: mps for t in TIERS}, window_seconds=1)
-        try:
-            d = await self.services.rate_limiter.check(rule, "project", tier_hint="free", cost=n, partial=True)
-        except KVUnavailable:
-            return n, 0.0  # pacing unavailable: Realtime's own 429 still holds us back
-        return d.granted, (1.0 if d.retry_after < 0 else max(d.retry_after, 0.05))
-
     async def deliver_realtime(self, report: DrainReport, limit: int | None = None) -> int:
+        """Claim only what the pace grants (nothing is claimed to be handed back), send it in
+        batches of the pace's size, isolate what Realtime refuses, and record each batch's
+        outcome as soon as it is known (a drainer that dies resends at most the batch it was
+        sending when its lease expires)."""
         in_time = self.lease_guard()
-        rows = await self.claim("realtime", limit=limit)
-        if not rows:
+        pacer = self.pacer("realtime")
+        want = min(limit or 10**9, self.settings.delivery_batch_size)
+        grant = await pacer.acquire(self.clock(), want)
+        self._paced(grant)
+        if not grant.granted:
             return 0
-        granted, wait = await self.pace(len(rows))
-        done = [self.release(r, wait) for r in rows[granted:]]
-        size = max(1, self.settings.realtime_batch_size)
+        rows = await self.claim("realtime", limit=grant.granted)
+        progress = sent = released = 0
         stop: Result | None = None
-        for i in range(0, granted, size):
-            chunk = rows[i : min(i + size, granted)]  # the rows past the grant are released above
+        for i in range(0, len(rows), grant.batch):
+            chunk = rows[i : i + grant.batch]
             if stop is None and not in_time():
                 stop = Result("released", error="lease running out", retry_after=0.05)
             if stop is not None:
-                done += [self.release(r, stop.retry_after or 1.0) for r in chunk]
+                progress += await self.finish([self.release(r, stop.retry_after or 1.0) for r in chunk], report, "realtime")
+                released += len(chunk)
                 continue
-            messages = [{"topic": r["target"], "event": r["event_type"], "payload": r["payload"], "private": True}
-                        for r in chunk]
-            res = await self.realtime.send(messages)
-            if res.outcome != "released":
-                report.realtime_batches += 1
-            if res.outcome == "throttled":
-                self._throttle_streak += 1
-            elif res.outcome == "sent":
-                self._throttle_streak = 0
-            done += [self.outcome(r, res) for r in chunk]
-            if res.outcome != "sent":
-                # the provider is unwell or asks us to slow down: the rest waits (in order)
-                stop = res if res.outcome in ("throttled", "released") else Result("released", retry_after=1.0)
-        return await self.finish(done, report, "realtime")
+            decided = await isolate(chunk, self._broadcaster(report))
+            sent += sum(res.outcome == "sent" for _, res in decided)
+            report.isolated += sum(res.outcome == "dead" and res.status_code in (413, 422) for _, res in decided)
+            stop = next((res for _, res in decided if res.outcome in ("throttled", "retry", "released")), None)
+            wait: float | None = None
+            if stop is not None and stop.outcome == "throttled":
+                report.throttled_requests += 1
+                after = await pacer.acquire(self.clock(), 0, sent=sent, throttled=True, floor_wait=stop.retry_after)
+                sent = 0
+                self._paced(after)
+                wait = after.wait
+                stop = Result("released", error="throttled", retry_after=wait)
+            elif stop is not None and stop.outcome == "retry":
+                # unwell (5xx, a timeout): the rest waits, in order
+                stop = Result("released", error=stop.error, retry_after=1.0)
+            progress += await self.finish([self.outcome(row, res, wait) for row, res in decided], report, "realtime")
+        unused = grant.granted - len(rows) + released
+        if sent or unused:
+            await pacer.acquire(self.clock(), 0, sent=sent, unused=unused)
+        return progress
+
+    def _broadcaster(self, report: DrainReport) -> Callable[[Sequence[dict[str, Any]]], Awaitable[Result]]:
+        async def send(part: Sequence[dict[str, Any]]) -> Result:
+            report.realtime_batches += 1
+            return await self.realtime.send([
+                {"topic": r["target"], "event": r["event_type"], "payload": r["payload"], "private": True} for r in part
+            ])
+
+        return send
 
     # -- push -----------------------------------------------------------------------------------------
 
@@ -484,35 +544,57 @@ class Orchestrator:
             note = "batch" if coalesce else r["event_id"]
             groups[(r["user_id"], note, r["target"])].append(r)
         allowed, counted = await self._take_cap(groups, now)
-        sends: list[tuple[list[dict[str, Any]], PushMessage, FcmSender | ApnsSender | None]] = []
+        by_platform: dict[str, list[tuple[list[dict[str, Any]], PushMessage]]] = defaultdict(list)
         for key, members in groups.items():
             if (key[0], key[1]) not in allowed:
                 done += [Done(r["id"], "suppressed", uncount=1, error="daily push cap reached") for r in members]
                 continue
-            sends.append((members, self._message(members), self.sender(members[0]["platform"])))
+            by_platform[members[0]["platform"]].append((members, self._message(members)))
 
         if self._push_slots is None:
             self._push_slots = asyncio.Semaphore(max(1, self.settings.push_concurrency))
         slots = self._push_slots
 
-        async def one(members: list[dict[str, Any]], msg: PushMessage, sender: FcmSender | ApnsSender | None) -> Result:
-            if sender is None:
-                return Result("retry", error=f"{members[0]['platform']} is not configured")
+        async def one(sender: FcmSender | ApnsSender, msg: PushMessage) -> Result:
             async with slots:  # shared by every drain in this process: bounded requests in flight
                 if not in_time():
                     return Result("released", error="lease running out", retry_after=0.05)
                 return await sender.send(msg)
 
-        results = await asyncio.gather(*(one(m, msg, s) for m, msg, s in sends))
         dead_devices: set[str] = set()
-        for (members, msg, _), res in zip(sends, results):
-            if res.outcome not in ("released",):
-                report.push_requests += 1
-                if res.outcome == "sent" and msg.count > 1:
-                    report.coalesced_pushes += 1
-            if res.outcome == "dropped":
-                dead_devices.add(members[0]["target"])
-            done += [self.outcome(r, res) for r in members]
+        for platform, sends in by_platform.items():
+            sender = self.sender(platform)
+            if sender is None:
+                res = Result("retry", error=f"{platform} is not configured")
+                done += [self.outcome(r, res) for members, _ in sends for r in members]
+                continue
+            pacer = self.pacer(platform)
+            grant = await pacer.acquire(self.clock(), len(sends))
+            self._paced(grant)
+            sends.sort(key=lambda item: item[0][0]["id"])  # the oldest first
+            go, later = sends[: grant.granted], sends[grant.granted :]
+            done += [self.release(r, grant.wait) for members, _ in later for r in members]
+            results = await self._send_in_order(sender, [msg for _, msg in go], one)
+            provider_429 = [res for res in results if res.outcome == "throttled" and res.scope == "provider"]
+            wait: float | None = None
+            if provider_429 or go:
+                floor = max((res.retry_after or 0.0 for res in provider_429), default=None)
+                after = await pacer.acquire(self.clock(), 0, sent=sum(res.outcome == "sent" for res in results),
+                                            throttled=bool(provider_429), floor_wait=floor,
+                                            unused=sum(res.outcome == "released" for res in results))
+                if provider_429:
+                    report.throttled_requests += len(provider_429)
+                    wait = after.wait
+                    self._paced(after)
+            for (members, msg), res in zip(go, results):
+                if res.outcome != "released":
+                    report.push_requests += 1
+                    if res.outcome == "sent" and msg.count > 1:
+                        report.coalesced_pushes += 1
+                if res.outcome == "dropped":
+                    dead_devices.add(members[0]["target"])
+                row_wait = wait if res.outcome == "throttled" and res.scope == "provider" else None
+                done += [self.outcome(r, res, row_wait) for r in members]
         for d in done:
             d.counted = d.id in counted
         if dead_devices:
@@ -520,10 +602,38 @@ class Orchestrator:
             report.devices_deactivated += len(dead_devices)
         return await self.finish(done, report, "push")
 
+    @staticmethod
+    async def _send_in_order(
+        sender: FcmSender | ApnsSender, messages: list[PushMessage],
+        one: Callable[[FcmSender | ApnsSender, PushMessage], Awaitable[Result]],
+    ) -> list[Result]:
+        """Devices in parallel, each device's notifications one after the other, oldest first:
+        a newer notification of a kind must arrive after the one it replaces. A device whose
+        push must be retried keeps its later ones for then (in order), untried."""
+        results: list[Result | None] = [None] * len(messages)
+        chains: dict[str, list[int]] = defaultdict(list)
+        for i, m in enumerate(messages):
+            chains[m.token].append(i)
+
+        async def chain(indexes: list[int]) -> None:
+            stop: Result | None = None
+            for i in indexes:
+                if stop is not None:
+                    results[i] = Result("released", error="an earlier push to this device waits",
+                                        retry_after=stop.retry_after or 1.0)
+                    continue
+                res = results[i] = await one(sender, messages[i])
+                if res.outcome in ("retry", "throttled", "released"):
+                    stop = res
+
+        await asyncio.gather(*(chain(ix) for ix in chains.values()))
+        return [r for r in results if r is not None]
+
     def _message(self, members: list[dict[str, Any]]) -> PushMessage:
         members = sorted(members, key=lambda r: r["id"])
         first = members[0]["payload"]
         types = {r["event_type"] for r in members}
+        kinds = {r["payload"].get("collapse") or r["event_type"] for r in members}
         ids = tuple(dict.fromkeys(r["event_id"] for r in members))
         n = len(ids)
         if n == 1:
@@ -537,6 +647,7 @@ class Orchestrator:
             event_type=members[0]["event_type"] if len(types) == 1 else "batch",
             event_ids=ids, count=n, urgent=members[0]["priority"] == "urgent",
             message_id=message_id([r["id"] for r in members]),
+            collapse_key=kinds.pop() if len(kinds) == 1 else "updates",
         )
 
     async def _take_cap(

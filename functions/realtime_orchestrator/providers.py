@@ -1,49 +1,74 @@
 """The three delivery providers, over httpx through `shared.resilience.OutboundHTTP` (a
-timeout on every call and a circuit breaker per provider):
+timeout on every call and a circuit breaker per provider). Each answer is classified into a
+`Result` by what the provider documents; the drainer decides what to record and retry.
 
-- Supabase Realtime: `POST <base>/realtime/v1/api/broadcast` with `apikey` and the service
-  key as bearer, body `{"messages": [{"topic", "event", "payload", "private"}]}`; 202 is
-  success, 429 means "fewer messages per second".
-- FCM HTTP v1: `POST <fcm>/v1/projects/<project>/messages:send` with an OAuth2 access token
-  obtained by exchanging a service-account JWT (RS256) at the token URI; 404 / UNREGISTERED
-  means the registration token is dead.
-- APNs: `POST <apns>/3/device/<token>` (HTTP/2) with an ES256 provider token
-  (`authorization: bearer`), `apns-topic`, `apns-push-type`, `apns-priority`, `apns-id`;
-  410 Unregistered and 400 BadDeviceToken mean the device token is dead.
+- Supabase Realtime (supabase/realtime `broadcast_controller.ex`, `batch_broadcast.ex`):
+  `POST <base>/realtime/v1/api/broadcast` with `apikey` and the service key as bearer, body
+  `{"messages": [{"topic", "event", "payload", "private"}]}`. 202 is success; 429 (no
+  Retry-After) means the project's 60 s message average plus this batch passes the plan;
+  422 means a message in the batch is invalid (one error map per message), so the batch is
+  split to find it (`isolate.py`).
+- FCM HTTP v1 (the ErrorCode reference): `POST <fcm>/v1/projects/<project>/messages:send`
+  with an OAuth2 token from a service-account JWT (RS256). 404 UNREGISTERED and a 400 about
+  the registration token mean the token is dead; QUOTA_EXCEEDED (429) asks for at least a
+  minute; 5xx may carry Retry-After.
+- APNs (Apple's "Handling notification responses"): `POST <apns>/3/device/<token>` over
+  HTTP/2 with a provider token (`apns_token.py`). 410 and 400 BadDeviceToken mean the device
+  token is dead; 429 TooManyRequests is about one device; TooManyProviderTokenUpdates about
+  our provider tokens.
 
-Each answer is classified into a `Result`; the drainer decides what to record and retry.
-PyJWT and json are imported where used, so the handler's import stays light.
+A device token is dropped only on those explicit answers. Any other 400, 403 or 404 says
+our configuration is wrong (a URL, a project id, a topic, a key): the provider's breaker
+opens, an alert is raised, nothing is deactivated, and the delivery is retried later. An
+answer that is not the provider's (an HTML page, truncated JSON, a wrong content type) is a
+retryable failure, logged with its first bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared import errors
+from shared.observability import json_log, metrics, sentry
 from shared.resilience import CircuitOpen, OutboundHTTP
 from shared.settings import ConfigError
 
-Outcome = Literal["sent", "retry", "throttled", "dead", "dropped", "released"]
+if TYPE_CHECKING:
+    from functions.realtime_orchestrator.apns_token import ProviderTokens
+
+Outcome = Literal["sent", "retry", "throttled", "dead", "dropped", "released", "invalid"]
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """sent; retry (counts as a failed attempt); throttled (429: back off, not a failure);
-    dead (permanent: retrying cannot help); dropped (the device token is dead); released
-    (the circuit is open: not attempted)."""
+    """sent; retry (a failed attempt); throttled (429: slow down; an attempt is not spent, the
+    throttle budget is); dead (retrying cannot help); dropped (the device token is dead);
+    released (not attempted: an open circuit, pacing); invalid (Realtime 422: a message in
+    the batch is refused, split it)."""
 
     outcome: Outcome
     status_code: int | None = None
     error: str | None = None
+    #: seconds to wait at least (Retry-After, or the provider's documented minimum)
     retry_after: float | None = None
     duration_ms: float | None = None
+    #: throttled: "provider" (its quota: every send slows down) or "target" (this device only)
+    scope: Literal["provider", "target"] = "provider"
+
+
+class ProviderMisconfigured(Exception):
+    """A provider's answer that only a configuration change can fix (what Sentry receives)."""
+
+
+FIRST_BYTES = 120
 
 
 def _retry_after(resp: Any) -> float | None:
@@ -51,6 +76,45 @@ def _retry_after(resp: Any) -> float | None:
     if value and value.strip().isdigit():
         return float(value.strip())
     return None
+
+
+def _first_bytes(resp: Any) -> bytes:
+    try:
+        return bytes(resp.content[:FIRST_BYTES])
+    except Exception:
+        return b""
+
+
+def _json_body(resp: Any) -> Any:
+    """The body as JSON when the provider sent JSON, else None (an HTML page from a proxy, a
+    truncated body, a wrong content type)."""
+    if "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        return json.loads(resp.content)
+    except ValueError:
+        return None
+
+
+def unreadable(outbound: OutboundHTTP, provider: str, resp: Any, ms: float) -> Result:
+    """An answer that is not the provider's: retry later, and say what it was."""
+    first = _first_bytes(resp)
+    json_log.log("warning", "provider answered something unreadable", provider=provider, status=resp.status_code,
+                 content_type=resp.headers.get("content-type", ""), first_bytes=repr(first))
+    outbound.breaker(provider).record_failure()
+    return Result("retry", resp.status_code, f"{provider} answered {resp.status_code} "
+                  f"({resp.headers.get('content-type') or 'no content type'}): {first!r}"[:300], duration_ms=ms)
+
+
+def misconfigured(outbound: OutboundHTTP, provider: str, code: int, why: str, ms: float | None = None) -> Result:
+    """An answer about our configuration, not a device: open the breaker (every call would
+    fail the same way), alert, deactivate nothing, retry once someone has fixed it."""
+    outbound.breaker(provider).trip()
+    message = f"{provider} answered {code}: {why}"[:300]
+    json_log.log("error", "provider configuration alert", provider=provider, status=code, reason=why[:300], alert=True)
+    metrics.incr(f"alert.{provider}")
+    sentry.capture(ProviderMisconfigured(message), provider=provider)
+    return Result("retry", code, message, duration_ms=ms)
 
 
 async def _call(outbound: OutboundHTTP, provider: str, method: str, url: str, **kw: Any) -> tuple[Any, Result | None, float]:
@@ -64,13 +128,6 @@ async def _call(outbound: OutboundHTTP, provider: str, method: str, url: str, **
     except errors.ServiceUnavailable as exc:  # timeouts and transport errors
         return None, Result("retry", error=exc.message, duration_ms=(time.perf_counter() - started) * 1000), 0.0
     return resp, None, (time.perf_counter() - started) * 1000
-
-
-def _body_text(resp: Any, limit: int = 300) -> str:
-    try:
-        return str(resp.text)[:limit]
-    except Exception:
-        return ""
 
 
 # -- Supabase Realtime ------------------------------------------------------------------------
@@ -93,11 +150,41 @@ class RealtimeBroadcast:
         if failed is not None:
             return failed
         code = resp.status_code
-        if code in (200, 202):
+        if code == 202:
             return Result("sent", code, duration_ms=ms)
         if code == 429:
-            return Result("throttled", code, "rate limited by Realtime", _retry_after(resp), ms)
-        return Result("retry", code, f"realtime answered {code}: {_body_text(resp)}", duration_ms=ms)
+            body = _json_body(resp)
+            why = body.get("message") if isinstance(body, dict) else None
+            return Result("throttled", code, f"realtime: {why or 'rate limited'}", _retry_after(resp), ms)
+        if code in (413, 422):
+            body = _json_body(resp)
+            if code == 422 and not isinstance(body, dict):
+                return unreadable(self.outbound, self.provider, resp, ms)
+            return Result("invalid", code, f"realtime: {_realtime_reason(body) if code == 422 else 'batch too large'}",
+                          duration_ms=ms)
+        if code >= 500:
+            if _json_body(resp) is None:
+                return unreadable(self.outbound, self.provider, resp, ms)  # a proxy's page, say
+            return Result("retry", code, f"realtime answered {code}: {_first_bytes(resp)!r}"[:300], _retry_after(resp), ms)
+        if 400 <= code < 500:
+            return misconfigured(self.outbound, self.provider, code, f"{_first_bytes(resp)!r}", ms)
+        return unreadable(self.outbound, self.provider, resp, ms)  # 200 etc.: not Realtime's answer
+
+
+def _realtime_reason(body: Any) -> str:
+    """The changeset errors (`{"errors": {"messages": [{}, {"payload": ["..."]}]}}`) as text."""
+    errs = body.get("errors") if isinstance(body, dict) else None
+    items = errs.get("messages") if isinstance(errs, dict) else None
+    if isinstance(items, list):
+        parts = []
+        for item in items:
+            if isinstance(item, dict):
+                parts += [f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in item.items()]
+            else:
+                parts.append(str(item))
+        if parts:
+            return ", ".join(dict.fromkeys(parts))
+    return json.dumps(body)[:200]
 
 
 # -- push messages ------------------------------------------------------------------------------
@@ -116,9 +203,21 @@ class PushMessage:
     urgent: bool
     #: stable across retries of the same group (APNs apns-id)
     message_id: str
+    #: the kind of notification ("match", "message:<conversation>"): a newer one of the same
+    #: kind replaces the older on the device and in the provider's offline storage
+    collapse_key: str
 
 
 MAX_IDS_IN_PAYLOAD = 60  # APNs allows 4 KB; 60 ids are ~2.3 KB
+#: APNs refuses an apns-collapse-id over 64 bytes (400 BadCollapseId)
+MAX_COLLAPSE_BYTES = 64
+
+
+def collapse_id(key: str) -> str:
+    """`key`, or a stable digest of it when it is longer than APNs allows."""
+    if len(key.encode()) <= MAX_COLLAPSE_BYTES:
+        return key
+    return key.encode()[:40].decode(errors="ignore") + ":" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # -- FCM HTTP v1 ---------------------------------------------------------------------------
@@ -127,6 +226,8 @@ MAX_IDS_IN_PAYLOAD = 60  # APNs allows 4 KB; 60 ids are ~2.3 KB
 class FcmSender:
     provider = "fcm"
     scope = "https://www.googleapis.com/auth/firebase.messaging"
+    #: ErrorCode reference, QUOTA_EXCEEDED: "exponential backoff with a minimum initial delay of 1 minute"
+    QUOTA_WAIT = 60.0
 
     def __init__(
         self, outbound: OutboundHTTP, account: dict[str, Any], *, base_url: str, project_id: str | None = None,
@@ -163,17 +264,22 @@ class FcmSender:
         async with self._lock:
             if self._token and self.clock() < self._token_expires:
                 return self._token
-            resp, failed, _ = await _call(
+            resp, failed, ms = await _call(
                 self.outbound, "google-oauth", "POST", self.token_url, timeout=self.timeout,
                 data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self.assertion()},
             )
             if failed is not None:
                 return failed
-            if resp.status_code != 200:
-                return Result("retry", resp.status_code, f"token exchange answered {resp.status_code}")
-            body = resp.json()
-            self._token = str(body["access_token"])
-            self._token_expires = self.clock() + max(60, int(body.get("expires_in", 3600)) - 300)
+            body = _json_body(resp)
+            token = body.get("access_token") if isinstance(body, dict) else None
+            if resp.status_code != 200 or not isinstance(token, str):
+                if resp.status_code == 200 or resp.status_code >= 500:
+                    return unreadable(self.outbound, "google-oauth", resp, ms)
+                return misconfigured(self.outbound, "google-oauth", resp.status_code,
+                                     f"the service account's token exchange was refused: {_first_bytes(resp)!r}", ms)
+            self._token = token
+            expires_in = body.get("expires_in") if isinstance(body.get("expires_in"), int) else 3600
+            self._token_expires = self.clock() + max(60, expires_in - 300)
             return self._token
 
     def body(self, m: PushMessage) -> dict[str, Any]:
@@ -181,8 +287,10 @@ class FcmSender:
             "token": m.token,
             "notification": {"title": m.title, "body": m.body},
             "data": {"type": m.event_type, "count": str(m.count), "event_ids": ",".join(m.event_ids[:MAX_IDS_IN_PAYLOAD])},
-            # a retry after a timeout the provider did act on replaces, not repeats, the notification
-            "android": {"priority": "HIGH" if m.urgent else "NORMAL", "collapse_key": m.message_id},
+            # one collapse key per kind: FCM keeps at most 4 per offline device, and a newer
+            # notification of a kind replaces the older one (also in the tray, by tag)
+            "android": {"priority": "HIGH" if m.urgent else "NORMAL", "collapse_key": m.collapse_key,
+                        "notification": {"tag": m.collapse_key}},
         }}
 
     async def send(self, m: PushMessage) -> Result:
@@ -195,118 +303,134 @@ class FcmSender:
         )
         if failed is not None:
             return failed
+        return self.classify(resp, ms)
+
+    def classify(self, resp: Any, ms: float) -> Result:
         code = resp.status_code
+        body = _json_body(resp)
         if code == 200:
-            return Result("sent", code, duration_ms=ms)
-        error_code, message = _fcm_error(resp)
-        if code == 404 or error_code in ("UNREGISTERED", "SENDER_ID_MISMATCH") or (
-            code == 400 and "registration token" in message.lower()
-        ):
-            return Result("dropped", code, f"fcm: {error_code or 'NOT_FOUND'}: {message}"[:300], duration_ms=ms)
+            if isinstance(body, dict) and isinstance(body.get("name"), str):
+                return Result("sent", code, duration_ms=ms)
+            return unreadable(self.outbound, self.provider, resp, ms)
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            if code >= 500:
+                return unreadable(self.outbound, self.provider, resp, ms)
+            return misconfigured(self.outbound, self.provider, code, f"not an FCM error: {_first_bytes(resp)!r}", ms)
+        fcm_code, violations = _fcm_details(err)
+        message = str(err.get("message", ""))[:200]
+        what = f"fcm: {fcm_code or err.get('status') or code}: {message}"[:300]
+        if code == 404 and fcm_code == "UNREGISTERED":
+            return Result("dropped", code, what, duration_ms=ms)
+        if code == 400 and (fcm_code == "INVALID_ARGUMENT" and "registration token" in message.lower()
+                            or "message.token" in violations):
+            return Result("dropped", code, what, duration_ms=ms)
+        if code == 400 and violations:  # this message's fields: retrying the same cannot help
+            return Result("dead", code, f"{what} ({', '.join(violations)})"[:300], duration_ms=ms)
         if code == 401:
             self._token = None  # expired or revoked: a fresh one next time
-            return Result("retry", code, "fcm: access token refused", duration_ms=ms)
+            return Result("retry", code, what, duration_ms=ms)
         if code == 429:
-            return Result("throttled", code, f"fcm: {error_code or 'QUOTA_EXCEEDED'}", _retry_after(resp), ms)
-        if code == 400:
-            return Result("dead", code, f"fcm: {error_code or 'INVALID_ARGUMENT'}: {message}"[:300], duration_ms=ms)
-        return Result("retry", code, f"fcm answered {code}: {error_code} {message}"[:300], duration_ms=ms)
+            return Result("throttled", code, what, max(_retry_after(resp) or 0.0, self.QUOTA_WAIT), ms)
+        if code >= 500:
+            return Result("retry", code, what, _retry_after(resp), ms)
+        # SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR, PERMISSION_DENIED, a 404 without
+        # UNREGISTERED (a wrong project or URL): every token would get the same answer
+        return misconfigured(self.outbound, self.provider, code, what, ms)
 
 
-def _fcm_error(resp: Any) -> tuple[str, str]:
-    try:
-        err = resp.json().get("error", {})
-    except Exception:
-        return "", _body_text(resp)
-    if not isinstance(err, dict):
-        return "", str(err)[:200]
-    code = ""
+def _fcm_details(err: dict[str, Any]) -> tuple[str, list[str]]:
+    """The FcmError code and the fields a BadRequest names."""
+    code, fields = "", []
     for d in err.get("details", []) or []:
-        if isinstance(d, dict) and d.get("errorCode"):
+        if not isinstance(d, dict):
+            continue
+        if d.get("errorCode"):
             code = str(d["errorCode"])
-    return code or str(err.get("status", "")), str(err.get("message", ""))
+        for v in d.get("fieldViolations", []) or []:
+            if isinstance(v, dict) and v.get("field"):
+                fields.append(str(v["field"]))
+    return code, fields
 
 
 # -- APNs ---------------------------------------------------------------------------------------
 
-APNS_DEAD_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"})
-APNS_TOKEN_REASONS = frozenset({"ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken"})
+#: the device token is no longer valid: drop it (410 Unregistered / ExpiredToken, 400 BadDeviceToken)
+APNS_DEAD_REASONS = frozenset({"BadDeviceToken", "Unregistered", "ExpiredToken"})
+#: this notification cannot be delivered as it is
+APNS_MESSAGE_REASONS = frozenset({"PayloadTooLarge"})
 
 
 class ApnsSender:
     provider = "apns"
-    #: Apple: refresh the provider token at most every 20 minutes, at least every 60
-    token_ttl = 45 * 60
 
-    def __init__(
-        self, outbound: OutboundHTTP, *, base_url: str, key_id: str, team_id: str, private_key: str, topic: str,
-        timeout: float = 5.0, clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, outbound: OutboundHTTP, tokens: ProviderTokens, *, base_url: str, topic: str,
+                 timeout: float = 5.0) -> None:
         self.outbound = outbound
+        self.tokens = tokens
         self.base_url = base_url.rstrip("/")
-        self.key_id = key_id
-        self.team_id = team_id
-        self.private_key = private_key
         self.topic = topic
         self.timeout = timeout
-        self.clock = clock
-        self._jwt: str | None = None
-        self._jwt_at = 0.0
 
-    def provider_token(self) -> str:
-        now = self.clock()
-        if self._jwt is None or now - self._jwt_at >= self.token_ttl:
-            import jwt
-
-            self._jwt = jwt.encode({"iss": self.team_id, "iat": int(now)}, self.private_key, algorithm="ES256",
-                                   headers={"kid": self.key_id})
-            self._jwt_at = now
-        return self._jwt
-
-    def headers(self, m: PushMessage) -> dict[str, str]:
+    def headers(self, m: PushMessage, provider_token: str) -> dict[str, str]:
         return {
-            "authorization": f"bearer {self.provider_token()}",
+            "authorization": f"bearer {provider_token}",
             "apns-topic": self.topic,
             "apns-push-type": "alert",
             "apns-priority": "10" if m.urgent else "5",
             "apns-id": m.message_id,
-            "apns-collapse-id": m.message_id,
+            "apns-collapse-id": collapse_id(m.collapse_key),
+            "content-type": "application/json",
         }
 
     @staticmethod
     def body(m: PushMessage) -> dict[str, Any]:
         return {
-            "aps": {"alert": {"title": m.title, "body": m.body}, "thread-id": m.event_type, "sound": "default"},
+            "aps": {"alert": {"title": m.title, "body": m.body}, "thread-id": m.collapse_key, "sound": "default"},
             "type": m.event_type,
             "count": m.count,
             "event_ids": list(m.event_ids[:MAX_IDS_IN_PAYLOAD]),
         }
 
     async def send(self, m: PushMessage) -> Result:
-        url = f"{self.base_url}/3/device/{m.token}"
+        token = await self.tokens.get()
         resp, failed, ms = await _call(
-            self.outbound, self.provider, "POST", url, content=json.dumps(self.body(m)).encode(),
-            headers={**self.headers(m), "content-type": "application/json"}, timeout=self.timeout,
+            self.outbound, self.provider, "POST", f"{self.base_url}/3/device/{m.token}",
+            content=json.dumps(self.body(m)).encode(), headers=self.headers(m, token), timeout=self.timeout,
         )
         if failed is not None:
             return failed
         code = resp.status_code
+        body = _json_body(resp)
         if code == 200:
+            if resp.content and body is None:
+                return unreadable(self.outbound, self.provider, resp, ms)
             return Result("sent", code, duration_ms=ms)
-        try:
-            reason = str(resp.json().get("reason", ""))
-        except Exception:
-            reason = _body_text(resp, 100)
-        if code == 410 or reason in APNS_DEAD_REASONS:
-            return Result("dropped", code, f"apns: {reason or 'Unregistered'}", duration_ms=ms)
-        if code == 403 and reason in APNS_TOKEN_REASONS:
-            self._jwt = None
-            return Result("retry", code, f"apns: {reason}", duration_ms=ms)
-        if code == 429:
-            return Result("throttled", code, f"apns: {reason or 'TooManyRequests'}", _retry_after(resp), ms)
-        if code == 400 or code == 413:
-            return Result("dead", code, f"apns: {reason}", duration_ms=ms)
-        return Result("retry", code, f"apns answered {code}: {reason}", duration_ms=ms)
+        reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+        if not reason:
+            if code >= 500:
+                return unreadable(self.outbound, self.provider, resp, ms)
+            return misconfigured(self.outbound, self.provider, code, f"not an APNs error: {_first_bytes(resp)!r}", ms)
+        what = f"apns: {reason}"
+        if reason in APNS_DEAD_REASONS or code == 410:
+            return Result("dropped", code, what, duration_ms=ms)
+        if reason in APNS_MESSAGE_REASONS:
+            return Result("dead", code, what, duration_ms=ms)
+        if reason == "ExpiredProviderToken":
+            # a new provider token, but never sooner than 20 minutes after the last one
+            return Result("retry", code, what, await self.tokens.refused(token), ms)
+        if reason == "TooManyProviderTokenUpdates":
+            json_log.log("warning", "apns: provider token refreshed too often (instances minting their own?)")
+            return Result("throttled", code, what, await self.tokens.refused(token), ms)
+        if code == 429:  # TooManyRequests: too many for this one device token
+            return Result("throttled", code, what, _retry_after(resp), ms, scope="target")
+        if code >= 500:
+            return Result("retry", code, what, _retry_after(resp), ms)
+        if reason in ("InvalidProviderToken", "MissingProviderToken"):
+            await self.tokens.refused(token)  # a fresh one when the 20 minutes allow, in case it was ours
+        # BadTopic, DeviceTokenNotForTopic, TopicDisallowed, BadCertificate, Forbidden,
+        # BadPath, InvalidProviderToken ...: the same answer for every device
+        return misconfigured(self.outbound, self.provider, code, what, ms)
 
 
 # -- construction from settings ------------------------------------------------------------------
@@ -332,27 +456,31 @@ def fcm_from_settings(settings: Any, outbound: OutboundHTTP, clock: Callable[[],
                      token_url=settings.fcm_token_url, timeout=settings.push_timeout_seconds, clock=clock)
 
 
-def apns_from_settings(settings: Any, outbound: OutboundHTTP, clock: Callable[[], float]) -> ApnsSender | None:
+def apns_from_settings(settings: Any, outbound: OutboundHTTP, clock: Callable[[], float], kv: Any = None) -> ApnsSender | None:
+    """`kv` (the shared Redis) keeps one provider token for every instance; without it each
+    instance mints its own (see `apns_token.py`)."""
+    from functions.realtime_orchestrator.apns_token import ProviderTokens
+
     key = _read(settings.apns_private_key, settings.apns_private_key_file)
     if not key:
         return None
     for name in ("apns_key_id", "apns_team_id", "apns_topic"):
         settings.require(name)
-    if settings.apns_http2:
-        outbound = _http2_outbound(outbound, settings.push_timeout_seconds)
-    return ApnsSender(outbound, base_url=settings.apns_url, key_id=settings.apns_key_id, team_id=settings.apns_team_id,
-                      private_key=key, topic=settings.apns_topic, timeout=settings.push_timeout_seconds, clock=clock)
+    tokens = ProviderTokens(kv, key_id=settings.apns_key_id, team_id=settings.apns_team_id, private_key=key, clock=clock)
+    return ApnsSender(_http2_outbound(outbound, settings.push_timeout_seconds), tokens, base_url=settings.apns_url,
+                      topic=settings.apns_topic, timeout=settings.push_timeout_seconds)
 
 
 def _http2_outbound(shared_outbound: OutboundHTTP, timeout: float) -> OutboundHTTP:
-    """APNs speaks HTTP/2 only: its own client, sharing the process's circuit breakers."""
+    """APNs speaks HTTP/2 only: its own client (HTTP/2 negotiated over TLS, or with prior
+    knowledge on a cleartext URL), sharing the process's circuit breakers."""
     import httpx
 
     try:
-        import h2  # noqa: F401  (httpx needs it for http2=True; a runtime dependency)
+        import h2  # noqa: F401  (httpx needs it for HTTP/2; a runtime dependency)
     except ImportError as exc:  # pragma: no cover - only when installed without it
-        raise ConfigError("APNS_HTTP2 needs the h2 package (httpx[http2])") from exc
-    client = httpx.AsyncClient(http2=True, timeout=httpx.Timeout(timeout, connect=2.0))
+        raise ConfigError("APNs needs the h2 package (httpx[http2])") from exc
+    client = httpx.AsyncClient(http1=False, http2=True, timeout=httpx.Timeout(timeout, connect=2.0))
     out = OutboundHTTP(client, default_timeout=timeout, failure_threshold=shared_outbound.failure_threshold,
                        reset_timeout=shared_outbound.reset_timeout, clock=shared_outbound.clock)
     out.breakers = shared_outbound.breakers

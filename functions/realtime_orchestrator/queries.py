@@ -58,8 +58,8 @@ with inbox as (
     returning id, user_id, event_id
 )
 insert into public.event_deliveries
-    (event_id, channel, target, user_id, event_type, priority, available_at, payload, event_created_at, created_at)
-select x.e, x.c, x.t, x.u, x.ty, x.pr, x.av,
+    (event_id, channel, target, user_id, event_type, priority, available_at, due_at, payload, event_created_at, created_at)
+select x.e, x.c, x.t, x.u, x.ty, x.pr, x.av, x.av,
        case when x.c = 'realtime' then x.pl || jsonb_build_object('id', coalesce(
            inbox.id,
            (select ue.id from public.user_events ue where ue.user_id = x.u and ue.event_id = x.e)))
@@ -106,7 +106,7 @@ with due as (
     set status = 'leased', lease_owner = %(owner)s, available_at = %(lease_until)s, attempts = d.attempts + 1
     from due where d.id = due.id
     returning d.id, d.event_id::text as event_id, d.target, d.user_id::text as user_id, d.event_type,
-              d.priority, d.payload, d.attempts, d.counted
+              d.priority, d.payload, d.attempts, d.throttles, d.counted
 )
 """
 
@@ -134,14 +134,15 @@ FINISH = """
 with x as (
     select * from unnest(%(ids)s::bigint[], %(status)s::text[], %(available_at)s::timestamptz[], %(uncount)s::int[],
                          %(error)s::text[], %(sent_at)s::timestamptz[], %(outcome)s::text[], %(code)s::int[],
-                         %(ms)s::real[], %(counted)s::bool[])
-        as x(id, status, available_at, uncount, error, sent_at, outcome, code, ms, counted)
+                         %(ms)s::real[], %(counted)s::bool[], %(throttled)s::int[])
+        as x(id, status, available_at, uncount, error, sent_at, outcome, code, ms, counted, throttled)
 ), done as (
     update public.event_deliveries d
     set status = x.status,
         counted = d.counted or x.counted,
         available_at = coalesce(x.available_at, d.available_at),
         attempts = d.attempts - x.uncount,
+        throttles = d.throttles + x.throttled,
         last_error = coalesce(x.error, d.last_error),
         sent_at = coalesce(x.sent_at, d.sent_at),
         lease_owner = null
@@ -167,6 +168,14 @@ select min(t) as next from (
     union all
     (select min(available_at) from public.event_deliveries where channel = 'cache' and status in ('pending', 'leased'))
 ) s
+"""
+
+# How far behind delivery is, per channel: the oldest undelivered delivery that was due
+BACKLOG_AGE = """
+select channel, extract(epoch from %(now)s - min(due_at)) as age
+from public.event_deliveries
+where status in ('pending', 'leased') and due_at <= %(now)s
+group by channel
 """
 
 # -- inbox (as the user, under RLS) ----------------------------------------------------------------

@@ -257,6 +257,13 @@ def render(template: str, data: Mapping[str, Any]) -> str:
     return "".join(out)[:240]
 
 
+def collapse_key(rule: Rule, data: Mapping[str, Any]) -> str:
+    """The push's kind (`Rule.collapse` with the event's data); a field the event lacks
+    leaves the bare kind ("message", not "message:")."""
+    key = render(rule.collapse, data) if rule.collapse else rule.event_type
+    return key.rstrip(":") or rule.event_type
+
+
 def channel_enabled(r: Recipient, channel: str, event_type: str) -> bool:
     prefs = r.channels.get(channel) if isinstance(r.channels, Mapping) else None
     if isinstance(prefs, bool):
@@ -317,6 +324,7 @@ def _route_one(out: Plan, ev: OutboxEvent, rule: Rule, r: Recipient, now: dateti
             "title": render(rule.title, data),
             "body": render(rule.body, data),
             "summary": rule.summary,
+            "collapse": collapse_key(rule, data),
         }
         for device_id, platform in r.devices:
             out.deliveries.append(PlannedDelivery(

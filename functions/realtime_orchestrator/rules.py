@@ -52,6 +52,11 @@ class Rule:
     cache_scopes: tuple[str, ...] = ()
     #: seconds; None: the configured batch window (digest: the digest window)
     window: Literal["batch", "digest"] = "batch"
+    collapse: str = ""
+    """The kind of notification, `{field}` from the event's data (default: the event type). A
+    push of a kind replaces the previous one of that kind on the device, and the providers
+    keep only the latest per kind for an offline device (FCM keeps at most 4 kinds), so a
+    kind names what a user wants to see once: "match", "message:{conversation_id}"."""
     tiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def for_tier(self, tier: str) -> Rule:
@@ -69,23 +74,25 @@ RULES: dict[str, Rule] = {
     r.event_type: r
     for r in (
         _rule("match.created", "match", {REALTIME, PUSH}, priority="urgent", user_origin=True,
-              title="It's a match!", body="You have a new match", summary="{n} new matches"),
+              title="It's a match!", body="You have a new match", summary="{n} new matches", collapse="match"),
         _rule("like.received", "declared", {REALTIME, PUSH},
-              title="New like", body="Someone likes you", summary="{n} new likes"),
+              title="New like", body="Someone likes you", summary="{n} new likes", collapse="likes"),
         _rule("message.received", "declared", {REALTIME, PUSH}, priority="urgent",
-              title="New message", body="{preview}", summary="{n} new messages"),
+              title="New message", body="{preview}", summary="{n} new messages", collapse="message:{conversation_id}"),
         _rule("subscription.changed", "subject", {REALTIME, PUSH, CACHE},
               title="Your plan changed", body="Your plan is now {tier}",
-              cache_scopes=("dashboard:{user_id}",)),
+              cache_scopes=("dashboard:{user_id}",), collapse="subscription"),
         _rule("upload.ready", "owner", {REALTIME}, priority="low", user_origin=True),
         _rule("artist.update", "followers", {REALTIME, PUSH},
-              title="{artist_name}", body="{headline}", summary="{n} updates from artists you follow"),
+              title="{artist_name}", body="{headline}", summary="{n} updates from artists you follow",
+              collapse="artist:{artist_id}"),
         # breaking news: in real time for paid users, in the digest for free ones
         _rule("artist.breaking", "followers", {REALTIME, PUSH}, priority="urgent",
               title="Breaking: {artist_name}", body="{headline}", summary="{n} updates from artists you follow",
+              collapse="artist:{artist_id}",
               tiers={"free": {"channels": frozenset({PUSH}), "priority": "normal", "window": "digest"}}),
         _rule("budget.alert", "self", {REALTIME, PUSH}, user_origin=True,
-              title="Budget alert", body="You have used {percent}% of your budget"),
+              title="Budget alert", body="You have used {percent}% of your budget", collapse="budget"),
         _rule("dashboard.invalidate", "self", {REALTIME, CACHE}, priority="low", inbox=False,
               user_origin=True, cache_scopes=("dashboard:{user_id}",)),
     )

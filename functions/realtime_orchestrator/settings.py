@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from functions.realtime_orchestrator.signatures import secret_bytes
 from shared.settings import CoreSettings, csv
@@ -56,6 +56,15 @@ class RealtimeOrchestratorSettings(CoreSettings):
     """First retry delay after a failed attempt; it doubles with each attempt."""
     retry_max_seconds: float = 600.0
     """Longest retry delay, in seconds."""
+    throttle_base_seconds: float = Field(default=1.0, gt=0)
+    """After a provider's 429 without Retry-After, every drainer pauses that provider this
+    long, doubling (jittered) with each 429 in a row."""
+    throttle_max_seconds: float = Field(default=60.0, gt=0)
+    """The ceiling of that pause (a Retry-After or the provider's documented minimum, such as
+    FCM's minute after QUOTA_EXCEEDED, can be longer)."""
+    max_throttles: int = Field(default=30, ge=1)
+    """A delivery refused with 429 this many times is dead ("throttled N times"): throttling
+    does not spend attempts (MAX_ATTEMPTS), it has this budget of its own."""
 
     # -- routing --------------------------------------------------------------------------
     batch_window_seconds: int = 60
@@ -74,9 +83,14 @@ class RealtimeOrchestratorSettings(CoreSettings):
     realtime_topic_prefix: str = "user:"
     """Prefix of each user's private Realtime topic (`user:<id>`)."""
     realtime_messages_per_second: int = 100
-    """The plan's messages per second (Free 100, Pro 500)"""
+    """The plan's messages per second (Free 100, Pro 500): the most the shared pace sends; it
+    falls below after a 429 and grows back."""
     realtime_batch_size: int = 100
-    """Messages per Realtime broadcast request."""
+    """The most messages in one Realtime broadcast request."""
+    realtime_batch_seconds: float = Field(default=0.05, gt=0)
+    """A broadcast request carries at most this many seconds of the current send rate (at
+    least one message, at most REALTIME_BATCH_SIZE): Realtime refuses a batch whose size,
+    added to the project's 60 s average, passes the plan, so small batches waste little."""
     realtime_timeout_seconds: float = 5.0
     """Deadline of a Realtime broadcast request, in seconds."""
 
@@ -95,6 +109,9 @@ class RealtimeOrchestratorSettings(CoreSettings):
     """Deadline of one push request (FCM or APNs), in seconds."""
     push_concurrency: int = 32
     """Push requests in flight at once per drainer."""
+    fcm_messages_per_second: int = Field(default=10_000, ge=1)
+    """The most FCM sends per second (the HTTP v1 quota is 600,000 a minute per project); the
+    pace falls below it after QUOTA_EXCEEDED and grows back."""
 
     # -- APNs (token-based auth) ----------------------------------------------------------
     apns_url: str = "https://api.push.apple.com"
@@ -109,8 +126,20 @@ class RealtimeOrchestratorSettings(CoreSettings):
     """Path to the .p8 key (instead of APNS_PRIVATE_KEY)."""
     apns_topic: str | None = None
     """The app's bundle id (the `apns-topic` header)."""
-    apns_http2: bool = True
-    """APNs speaks HTTP/2 only; tests talk HTTP/1.1 to a local fake"""
+    apns_messages_per_second: int = Field(default=5_000, ge=1)
+    """The most APNs sends per second (Apple publishes no figure); the pace falls below it
+    after a 429 and grows back."""
+
+    @field_validator("supabase_service_role_key")
+    @classmethod
+    def _service_role(cls, v: str | None) -> str | None:
+        """Realtime drops a private broadcast, silently and with a 202, when the caller's role
+        may not write to `realtime.messages` (batch_broadcast.ex): a key of another role
+        (the anon key) would lose every message. Refused here when the key says its role."""
+        role = _jwt_role(v)
+        if role is not None and role != "service_role":
+            raise ValueError(f"is a key of role {role!r}; Realtime drops private broadcasts unless it is the service role's")
+        return v
 
     @field_validator("orchestrator_webhook_secrets", mode="before")
     @classmethod
@@ -138,3 +167,19 @@ class RealtimeOrchestratorSettings(CoreSettings):
 
             raise ConfigError("REALTIME_URL (or SUPABASE_URL) is not set")
         return base.rstrip("/") + "/realtime/v1/api/broadcast"
+
+
+def _jwt_role(key: str | None) -> str | None:
+    """The `role` claim of a legacy (JWT) API key, unverified; None for other keys."""
+    import base64
+    import json
+
+    parts = (key or "").split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,16 +17,6 @@ import pytest
 from tests.conftest import KEY_PREFIX
 
 BACKENDS = ["redis", "upstash"]
-
-
-@pytest.fixture(scope="session")
-def bridge(redis_url: str) -> Iterator[Any]:
-    from edgefn.upstash_bridge import BridgeServer
-
-    server = BridgeServer(redis_url, token=secrets.token_urlsafe(24))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=BACKENDS)

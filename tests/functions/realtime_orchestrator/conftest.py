@@ -71,7 +71,6 @@ def orch_settings(base_env: dict[str, Any], provider_fake_server: ProviderFake, 
         "fcm_url": url,
         "fcm_token_url": url + "/token",
         "apns_url": url,
-        "apns_http2": False,
         "apns_key_id": "KEYID12345",
         "apns_team_id": "TEAMID1234",
         "apns_topic": "com.example.app",
@@ -112,7 +111,9 @@ async def make_orchestrator(
     orch_settings: dict[str, Any], clock: FakeClock
 ) -> AsyncIterator[Callable[..., Any]]:
     """make_orchestrator(**settings) -> an Orchestrator on real Postgres/Redis, the fake
-    providers, the test clock (breakers too) and fresh services (closed afterwards)."""
+    providers, the test clock (breakers too) and fresh services (closed afterwards). The
+    test's orchestrators share a Redis key prefix of their own (the providers' pace and the
+    APNs provider token are shared through Redis, as between instances)."""
     from functions.realtime_orchestrator.drain import Orchestrator
     from functions.realtime_orchestrator.settings import RealtimeOrchestratorSettings
     from shared.resilience import OutboundHTTP
@@ -120,8 +121,10 @@ async def make_orchestrator(
 
     opened: list[Services] = []
 
+    prefix = f"{orch_settings['key_prefix']}:{uuid.uuid4().hex[:8]}"
+
     def _make(services: Services | None = None, **overrides: Any) -> Orchestrator:
-        settings = RealtimeOrchestratorSettings.load(env={}, **{**orch_settings, **overrides})
+        settings = RealtimeOrchestratorSettings.load(env={}, **{**orch_settings, "key_prefix": prefix, **overrides})
         if services is None:
             services = Services(settings)
             opened.append(services)

@@ -35,7 +35,7 @@ async def test_dead_letters_are_visible_and_can_be_requeued(
 
     assert run("status", "--database-url", database_url) == 0
     text = capsys.readouterr().out
-    assert f"#{push['id']} push message.received" in text and "after 1 attempts: fcm answered 500" in text
+    assert f"#{push['id']} push message.received" in text and "after 1 attempts: fcm: INTERNAL" in text
     assert run("status", "--database-url", database_url, "--json", "--dead", "500") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["deliveries"]["push"]["dead"] >= 1

@@ -1,0 +1,143 @@
+"""The shared pace (`pacing.py`) on a real Redis, over TCP and over the Upstash REST protocol,
+driven with explicit times: grants stay within the rate, a 429 pauses every drainer with a
+growing jittered pause under a ceiling (or the provider's floor), the rate is cut to what was
+delivered and grows back, and batches follow the rate."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from functions.realtime_orchestrator.pacing import CUT_COOLDOWN, MARGIN, Pacer
+from shared.kv import KV
+from shared.resilience import Backoff
+from tests.conftest import KEY_PREFIX
+
+
+@pytest.fixture(params=["redis", "upstash"])
+async def kv(request: pytest.FixtureRequest, redis_url: str, bridge: Any) -> AsyncIterator[KV]:
+    from shared.kv import RedisKV, UpstashKV
+
+    kv: KV = (RedisKV(redis_url, prefix=KEY_PREFIX, timeout=2.0) if request.param == "redis"
+              else UpstashKV(bridge.base_url, bridge.token, prefix=KEY_PREFIX, timeout=2.0))
+    yield kv
+    await kv.aclose()
+
+
+def pacer(kv: KV, **kw: Any) -> Pacer:
+    kw.setdefault("ceiling", 100)
+    kw.setdefault("backoff", Backoff(1.0, 30.0))
+    return Pacer(kv, f"test-{uuid.uuid4().hex[:8]}", **kw)
+
+
+async def test_grants_never_outrun_the_rate(kv: KV) -> None:
+    p = pacer(kv, ceiling=50, max_batch=10, batch_seconds=0.1)
+    t, granted = 1000.0, 0
+    first = await p.acquire(t, 1000)
+    assert (first.granted, first.batch) == (5, 5)  # one batch at once, then the rate
+    granted += first.granted
+    for _ in range(200):
+        t += 0.05
+        granted += (await p.acquire(t, 1000)).granted
+    # 10 s at 50/s, plus the first batch
+    assert 495 <= granted <= 50 * 10 + 5
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(0, 300), st.booleans()), min_size=1, max_size=40))
+async def test_in_any_sequence_the_pace_stays_within_its_bounds(kv: KV, steps: list[tuple[float, int, bool]]) -> None:
+    """Whatever the drainers ask and however the provider answers: grants fit the bucket, the
+    rate stays in [floor, ceiling], nothing is granted during a pause, and a pause never
+    exceeds the backoff's ceiling."""
+    p = pacer(kv, ceiling=100, max_batch=50, batch_seconds=0.05, backoff=Backoff(1.0, 8.0))
+    t, paused_until = 5000.0, 0.0
+    for dt, want, throttled in steps:
+        t += dt
+        g = await p.acquire(t, want, sent=0, throttled=throttled)
+        assert 1.0 <= g.rate <= 100.0
+        assert 0 <= g.granted <= want and g.granted <= max(g.batch, g.rate) + 1e-6
+        assert g.batch == p.batch_at(g.rate)
+        if throttled:
+            assert g.granted == 0 and 0.5 - 1e-3 <= g.wait <= 8.0 + 1e-3
+            paused_until = t + g.wait
+        elif t < paused_until - 1e-6:
+            assert g.granted == 0 and abs(g.wait - (paused_until - t)) < 1e-3
+
+
+async def test_a_429_pauses_everyone_longer_each_time_up_to_the_ceiling(kv: KV) -> None:
+    a = pacer(kv, backoff=Backoff(1.0, 10.0))
+    b = Pacer(kv, a.provider, ceiling=100, backoff=Backoff(1.0, 10.0))  # another drainer, same provider
+    t = 2000.0
+    waits = []
+    for _ in range(7):
+        g = await a.acquire(t, 10, throttled=True)
+        waits.append(g.wait)
+        other = await b.acquire(t + g.wait / 2, 10)
+        assert other.granted == 0 and other.wait > 0  # the pause is shared
+        t += g.wait
+    for n, w in enumerate(waits, start=1):
+        grown = min(10.0, 2 ** (n - 1))
+        assert grown / 2 - 1e-3 <= w <= grown + 1e-3
+    assert max(waits) <= 10.0 + 1e-3
+    g = await a.acquire(t, 10, sent=10)  # a success ends the streak
+    assert g.streak == 0 and (await a.acquire(t, 1, throttled=True)).wait <= 1.0 + 1e-3
+
+
+async def test_a_provider_floor_beats_the_ceiling(kv: KV) -> None:
+    p = pacer(kv, backoff=Backoff(1.0, 10.0))
+    g = await p.acquire(100.0, 5, throttled=True, floor_wait=60.0)  # FCM QUOTA_EXCEEDED: a minute
+    assert 60.0 <= g.wait <= 60.01
+
+
+async def test_a_429_cuts_the_rate_to_what_was_delivered_and_it_grows_back(kv: KV) -> None:
+    p = pacer(kv, ceiling=100, max_batch=100, batch_seconds=0.05)
+    t = 10_000.0
+    await p.acquire(t, 0)
+    for _ in range(60):  # 60 s delivering 45/s
+        t += 1.0
+        await p.acquire(t, 0, sent=45)
+    first = await p.acquire(t, 0, throttled=True)
+    assert first.rate == pytest.approx(100 / 2 * (1 - MARGIN))  # never below half at once
+    again = await p.acquire(t + 1.0, 0, throttled=True)
+    assert again.rate == pytest.approx(first.rate)  # within the cooldown: the same news
+    for _ in range(int(CUT_COOLDOWN) + 1):  # still delivering 45/s
+        t += 1.0
+        await p.acquire(t, 0, sent=45)
+    later = await p.acquire(t, 0, throttled=True)
+    # what the last 60 s held (counted in 5 s slots: 55 to 60 s of it), less 3 %
+    assert 45 * 55 / 60 * (1 - MARGIN) - 1e-6 <= later.rate <= 45 * (1 - MARGIN) + 1e-6
+    assert later.batch == 2  # 0.05 s of 43.7/s
+    t = t + 100.0
+    rates = []
+    for _ in range(100):  # 100 s of sending at the cut rate: back up by 0.1 % of the plan a second
+        t += 1.0
+        rates.append((await p.acquire(t, 0, sent=int(later.rate))).rate)
+    assert rates == sorted(rates) and rates[-1] - later.rate == pytest.approx(10.0, abs=1.5)
+
+
+async def test_without_redis_one_batch_goes_at_a_time(redis_url: str) -> None:
+    from shared.kv import RedisKV
+
+    dead = RedisKV("redis://127.0.0.1:1/0", prefix=KEY_PREFIX, timeout=0.2)
+    try:
+        p = pacer(dead, ceiling=100, max_batch=100, batch_seconds=0.05)
+        g = await p.acquire(1.0, 500)
+        assert (g.granted, g.batch, g.wait) == (5, 5, 1.0)
+        g = await p.acquire(1.0, 0, throttled=True, floor_wait=3.0)
+        assert g.granted == 0 and g.wait >= 3.0
+    finally:
+        await dead.aclose()
+
+
+def test_backoff_grows_with_jitter_under_a_ceiling_and_honours_a_floor() -> None:
+    b = Backoff(base=2.0, ceiling=100.0, jitter=0.5)
+    lows: Callable[[], float] = lambda: 1.0  # noqa: E731  (the most jitter takes off)
+    highs: Callable[[], float] = lambda: 0.0  # noqa: E731
+    assert [b.delay(n, rand=highs) for n in range(1, 9)] == [2, 4, 8, 16, 32, 64, 100, 100]
+    assert [b.delay(n, rand=lows) for n in (1, 2, 8)] == [1, 2, 50]
+    assert b.delay(1, floor=60.0, rand=highs) == 60.0
