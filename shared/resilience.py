@@ -116,9 +116,15 @@ class OutboundHTTP:
         failure_threshold: int = 5,
         reset_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        multiplexed: bool = False,
     ) -> None:
         self._client = client
         self.default_timeout = default_timeout
+        #: HTTP/2: many requests share one connection, and httpcore fails every stream on a
+        #: connection whose socket read timed out (one slow answer would fail them all). So
+        #: each request's deadline is enforced by cancelling it alone, and the transport
+        #: read never times out.
+        self.multiplexed = multiplexed
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self.clock = clock
@@ -148,15 +154,21 @@ class OutboundHTTP:
         breaker = self.breaker(provider)
         breaker.before_call()
         limit = timeout or self.default_timeout
+        transport_timeout: Any = limit
+        if self.multiplexed:
+            import httpx
+
+            transport_timeout = httpx.Timeout(limit, read=None)
         try:
             async with asyncio.timeout(limit):
-                resp = await self.client.request(method, url, timeout=limit, **kw)
+                resp = await self.client.request(method, url, timeout=transport_timeout, **kw)
         except (TimeoutError, httpx.TimeoutException) as exc:
             breaker.record_failure()
             raise errors.DependencyTimeout(f"{provider} did not answer within {limit}s", code="UPSTREAM_TIMEOUT") from exc
         except httpx.HTTPError as exc:
             breaker.record_failure()
-            raise errors.ServiceUnavailable(f"{provider} is unreachable", code="UPSTREAM_UNAVAILABLE") from exc
+            raise errors.ServiceUnavailable(f"{provider} is unreachable ({type(exc).__name__})",
+                                            code="UPSTREAM_UNAVAILABLE") from exc
         except BaseException:
             breaker.record_neutral()
             raise

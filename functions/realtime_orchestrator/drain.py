@@ -59,6 +59,10 @@ if TYPE_CHECKING:
     from shared.services import Services
 
 
+#: Realtime outcomes are recorded at least this often while a grant is being sent
+RECORD_EVERY_SECONDS = 0.25
+
+
 @dataclass
 class DrainReport:
     rounds: int = 0
@@ -209,12 +213,11 @@ class Orchestrator:
             report.rounds += 1
             self._pace_wait = None
             progress, due = await self.route(report, limit)
-            if "cache" in due:
-                progress += await self.deliver_cache(report, limit)
-            if "realtime" in due:
-                progress += await self.deliver_realtime(report, limit)
-            if "push" in due:
-                progress += await self.deliver_push(report, limit)
+            # the channels side by side: a slow push provider does not hold Realtime back
+            steps = [step(report, limit) for channel, step in (
+                ("cache", self.deliver_cache), ("realtime", self.deliver_realtime), ("push", self.deliver_push),
+            ) if channel in due]
+            progress += sum(await asyncio.gather(*steps))
             left = budget - (time.monotonic() - started)
             if left <= 0 or (max_rounds is not None and report.rounds >= max_rounds):
                 break
@@ -471,9 +474,9 @@ class Orchestrator:
 
     async def deliver_realtime(self, report: DrainReport, limit: int | None = None) -> int:
         """Claim only what the pace grants (nothing is claimed to be handed back), send it in
-        batches of the pace's size, isolate what Realtime refuses, and record each batch's
-        outcome as soon as it is known (a drainer that dies resends at most the batch it was
-        sending when its lease expires)."""
+        batches of the pace's size, isolate what Realtime refuses, and record the outcomes
+        every RECORD_EVERY_SECONDS (a drainer that dies resends, once its lease expires, at
+        most what it sent since it last recorded)."""
         in_time = self.lease_guard()
         pacer = self.pacer("realtime")
         want = min(limit or 10**9, self.settings.delivery_batch_size)
@@ -484,12 +487,14 @@ class Orchestrator:
         rows = await self.claim("realtime", limit=grant.granted)
         progress = sent = released = 0
         stop: Result | None = None
+        pending: list[Done] = []
+        flushed = time.monotonic()
         for i in range(0, len(rows), grant.batch):
             chunk = rows[i : i + grant.batch]
             if stop is None and not in_time():
                 stop = Result("released", error="lease running out", retry_after=0.05)
             if stop is not None:
-                progress += await self.finish([self.release(r, stop.retry_after or 1.0) for r in chunk], report, "realtime")
+                pending += [self.release(r, stop.retry_after or 1.0) for r in chunk]
                 released += len(chunk)
                 continue
             decided = await isolate(chunk, self._broadcaster(report))
@@ -507,7 +512,11 @@ class Orchestrator:
             elif stop is not None and stop.outcome == "retry":
                 # unwell (5xx, a timeout): the rest waits, in order
                 stop = Result("released", error=stop.error, retry_after=1.0)
-            progress += await self.finish([self.outcome(row, res, wait) for row, res in decided], report, "realtime")
+            pending += [self.outcome(row, res, wait) for row, res in decided]
+            if time.monotonic() - flushed >= RECORD_EVERY_SECONDS:
+                progress += await self.finish(pending, report, "realtime")
+                pending, flushed = [], time.monotonic()
+        progress += await self.finish(pending, report, "realtime")
         unused = grant.granted - len(rows) + released
         if sent or unused:
             await pacer.acquire(self.clock(), 0, sent=sent, unused=unused)

@@ -10,14 +10,17 @@ clients of the project count too. So:
   of the plan per second spent sending, so it stays near what the provider allows;
 - a 429 cuts it to what we actually delivered over the last 60 s (the provider's window;
   our own count, kept here in 5 s slots), less 3 %, but never below half the current rate
-  and at most once per 5 s, and pauses every drainer: 1 s, then doubling, jittered, up to
-  the configured ceiling, or the provider's Retry-After / documented minimum if longer;
+  and at most once per 5 s, and pauses every drainer: THROTTLE_BASE_SECONDS, doubling,
+  jittered, up to the configured ceiling, or the provider's Retry-After / documented minimum
+  if longer;
+- after a cut the rate does not grow for one window (60 s): the pause left a gap in the
+  provider's average, and growing into that gap would overshoot when it rolls out;
 - a batch holds at most `batch_seconds` of the current rate (Realtime counts the batch on
   top of the average: a small batch wastes little headroom), within [1, max_batch].
 
 The constants were chosen with a simulation of Realtime's rate counter (5 s ticks, 12
-buckets) at half the Free plan used by others: ~90 % of the remaining rate, 0.2 % of
-requests refused; `python -m bench.orchestrator --free-plan` measures the real thing.
+buckets) at half the Free plan used by others (steady state: 92 % of the remaining rate,
+0.1 % of requests refused); `python -m bench.orchestrator --free-plan` measures the real thing.
 
     pacer = Pacer(kv, "realtime", ceiling=100, max_batch=100, backoff=Backoff(1, 60))
     grant = await pacer.acquire(now, want=500)      # up to `granted` may go now, in `batch`es
@@ -38,6 +41,8 @@ INCREASE = 0.001
 MARGIN = 0.03
 #: ... at most once per this many seconds (one provider tick: later 429s are the same news)
 CUT_COOLDOWN = 5.0
+#: ... and the rate holds for this long after a cut (the provider's averaging window)
+HOLD_AFTER_CUT = 60.0
 #: the pauses passed to the script, for 1 .. len consecutive 429s (the last one repeats)
 PAUSE_STEPS = 8
 
@@ -52,9 +57,10 @@ local batch_s, max_batch, floor_wait = tonumber(ARGV[8]), tonumber(ARGV[9]), ton
 local increase, margin, cooldown = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local pauses = {}
 for p in string.gmatch(ARGV[14], '%S+') do pauses[#pauses + 1] = tonumber(p) end
+local hold = tonumber(ARGV[15])
 
 local rate = math.min(st.rate or ceiling, ceiling)
-local tokens = st.tokens or math.max(1, math.min(max_batch, math.floor(rate * batch_s)))  -- a first batch at once
+local tokens = st.tokens or math.max(1, rate)  -- a first second's worth at once
 local ts = st.ts or now
 local pause_until = st.pause or 0
 local streak = st.streak or 0
@@ -66,7 +72,7 @@ if sent > 0 then
   if st['e' .. slot] ~= epoch then st['e' .. slot] = epoch; st['b' .. slot] = 0 end
   st['b' .. slot] = st['b' .. slot] + sent
   streak = 0
-  rate = math.min(ceiling, rate + increase * ceiling * sent / rate)
+  if now - cut >= hold then rate = math.min(ceiling, rate + increase * ceiling * sent / rate) end
 end
 tokens = tokens + unused
 if throttled then
@@ -155,6 +161,7 @@ class Pacer:
             granted, batch, wait, rate, streak = await self.kv.eval(SCRIPT, [self.key], [
                 f"{now:.6f}", want, sent, int(throttled), unused, self.ceiling, self.floor, self.batch_seconds,
                 self.max_batch, floor_wait if floor_wait is not None else -1, INCREASE, MARGIN, CUT_COOLDOWN, pauses,
+                HOLD_AFTER_CUT,
             ])
         except KVUnavailable:
             # no shared pace: one batch at a time, a second apart; the provider's 429s and

@@ -473,16 +473,17 @@ def apns_from_settings(settings: Any, outbound: OutboundHTTP, clock: Callable[[]
 
 def _http2_outbound(shared_outbound: OutboundHTTP, timeout: float) -> OutboundHTTP:
     """APNs speaks HTTP/2 only: its own client (HTTP/2 negotiated over TLS, or with prior
-    knowledge on a cleartext URL), sharing the process's circuit breakers."""
+    knowledge on a cleartext URL), sharing the process's circuit breakers; a slow answer
+    times out alone (`OutboundHTTP.multiplexed`)."""
     import httpx
 
     try:
         import h2  # noqa: F401  (httpx needs it for HTTP/2; a runtime dependency)
     except ImportError as exc:  # pragma: no cover - only when installed without it
         raise ConfigError("APNs needs the h2 package (httpx[http2])") from exc
-    client = httpx.AsyncClient(http1=False, http2=True, timeout=httpx.Timeout(timeout, connect=2.0))
+    client = httpx.AsyncClient(http1=False, http2=True, timeout=httpx.Timeout(timeout, connect=2.0, read=None))
     out = OutboundHTTP(client, default_timeout=timeout, failure_threshold=shared_outbound.failure_threshold,
-                       reset_timeout=shared_outbound.reset_timeout, clock=shared_outbound.clock)
+                       reset_timeout=shared_outbound.reset_timeout, clock=shared_outbound.clock, multiplexed=True)
     out.breakers = shared_outbound.breakers
     return out
 

@@ -56,7 +56,7 @@ class RealtimeOrchestratorSettings(CoreSettings):
     """First retry delay after a failed attempt; it doubles with each attempt."""
     retry_max_seconds: float = 600.0
     """Longest retry delay, in seconds."""
-    throttle_base_seconds: float = Field(default=1.0, gt=0)
+    throttle_base_seconds: float = Field(default=0.5, gt=0)
     """After a provider's 429 without Retry-After, every drainer pauses that provider this
     long, doubling (jittered) with each 429 in a row."""
     throttle_max_seconds: float = Field(default=60.0, gt=0)
@@ -87,7 +87,7 @@ class RealtimeOrchestratorSettings(CoreSettings):
     falls below after a 429 and grows back."""
     realtime_batch_size: int = 100
     """The most messages in one Realtime broadcast request."""
-    realtime_batch_seconds: float = Field(default=0.05, gt=0)
+    realtime_batch_seconds: float = Field(default=0.02, gt=0)
     """A broadcast request carries at most this many seconds of the current send rate (at
     least one message, at most REALTIME_BATCH_SIZE): Realtime refuses a batch whose size,
     added to the project's 60 s average, passes the plan, so small batches waste little."""

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from shared import errors
-from shared.resilience import CircuitBreaker, CircuitOpen, OutboundHTTP
+from shared.resilience import Backoff, CircuitBreaker, CircuitOpen, OutboundHTTP
 
 
 class Provider:
@@ -144,3 +144,37 @@ async def test_breaker_limits_come_from_settings(provider: Any) -> None:
         assert p.received == 3
     finally:
         await services.aclose()
+
+
+def test_a_tripped_breaker_is_open_at_once_and_lets_a_trial_through_after_the_reset() -> None:
+    now = [0.0]
+    b = CircuitBreaker("fcm", failure_threshold=5, reset_timeout=30.0, clock=lambda: now[0])
+    b.trip()  # one answer that says the configuration is wrong: no need to wait for five
+    with pytest.raises(CircuitOpen):
+        b.before_call()
+    now[0] = 30.0
+    b.before_call()  # the trial
+    b.record_success()
+    assert b.state == "closed"
+
+
+def test_backoff_grows_with_jitter_under_a_ceiling_and_honours_a_floor() -> None:
+    b = Backoff(base=2.0, ceiling=100.0, jitter=0.5)
+    assert [b.delay(n, rand=lambda: 0.0) for n in range(1, 9)] == [2, 4, 8, 16, 32, 64, 100, 100]
+    assert [b.delay(n, rand=lambda: 1.0) for n in (1, 2, 8)] == [1, 2, 50]  # the most jitter takes half
+    assert b.delay(1, floor=60.0, rand=lambda: 0.0) == 60.0  # a provider's Retry-After beats the ceiling
+    delays = [b.delay(3) for _ in range(200)]
+    assert 4.0 <= min(delays) < max(delays) <= 8.0  # spread, not all at once
+
+
+async def test_a_multiplexed_request_times_out_alone(provider: Any) -> None:
+    """HTTP/2 shares a connection: the deadline cancels the request, the transport read
+    never times out (httpcore would fail every stream on the connection)."""
+    import httpx
+
+    p, url = provider
+    async with httpx.AsyncClient() as client:
+        http = OutboundHTTP(client, multiplexed=True)
+        p.mode = "slow"
+        with pytest.raises(errors.DependencyTimeout):
+            await http.request("apns", "POST", url, timeout=0.2)

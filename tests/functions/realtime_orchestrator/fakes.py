@@ -376,6 +376,8 @@ class ApnsStandIn:
         #: unless `device_limits` names the token
         self.per_device_per_second = 1000
         self.device_limits: dict[str, int] = {}
+        #: device token -> seconds APNs takes to answer for it (a slow stream among many)
+        self.slow_tokens: dict[str, float] = {}
         #: APNs refuses tokens older than this (a test may shorten it, as a skewed clock would)
         self.max_token_age: float = self.MAX_TOKEN_AGE
         self.tokens_seen: dict[str, float] = {}
@@ -456,7 +458,8 @@ class ApnsStandIn:
             body = json.loads(raw)
         except ValueError:
             return _apns(400, "BadPayload"), None  # not in Apple's list; our payloads are JSON
-        return Answer(200, b"", {"apns-id": headers.get("apns-id", "")}, content_type=""), body
+        return Answer(200, b"", {"apns-id": headers.get("apns-id", "")}, content_type="",
+                      delay=self.slow_tokens.get(device, 0.0)), body
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -544,6 +547,7 @@ class ProviderFake:
             self.apns.dead_tokens.clear()
             self.apns.per_device_per_second = 1000
             self.apns.device_limits.clear()
+            self.apns.slow_tokens.clear()
             self.apns.max_token_age = ApnsStandIn.MAX_TOKEN_AGE
             self.apns.forget_tokens()
 
@@ -653,7 +657,7 @@ class ProviderFake:
             else:
                 answer, body = self.apns.send(path, headers, raw)
                 answer = self._record("apns", answer, path, headers, body, token=path.rsplit("/", 1)[1])
-        answer.delay = self._delay(provider)
+        answer.delay = max(answer.delay, self._delay(provider))
         return answer
 
 
@@ -714,6 +718,9 @@ async def serve_app(app: Any, port: int, stop: asyncio.Event) -> None:
     config.errorlog = None
     config.keep_alive_timeout = 75
     config.h2_max_concurrent_streams = 1000  # APNs allows many concurrent streams per connection
+    # APNs keeps a connection for hours; hypercorn's default closes one after 1,000 requests,
+    # failing the streams in flight (the client would resend what was delivered)
+    config.keep_alive_max_requests = 10**9
     await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
