@@ -76,3 +76,15 @@ def test_a_call_from_the_page_with_the_demo_token(docs: Browser, dev: DevServer)
     assert status[0].text.strip() == "200"
     body = block.find_element(By.CSS_SELECTOR, ".live-responses-table tbody .response-col_description").text
     assert '"success": true' in body and '"budget_status"' in body
+
+
+def test_the_browser_resolves_no_host_name(docs: Browser, dev: DevServer) -> None:
+    """What makes "from this server alone" above true: a file from any named host, a CDN
+    or even `localhost`, fails to load; only 127.0.0.1 answers."""
+    fetch = """const done = arguments[arguments.length - 1];
+      fetch(arguments[0]).then((r) => done(r.status), (e) => done(String(e)))"""
+    port = dev.base.rsplit(":", 1)[1]
+    assert docs.driver.execute_async_script(fetch, f"{dev.base}/openapi.json") == 200
+    assert "Failed to fetch" in docs.driver.execute_async_script(fetch, f"http://localhost:{port}/openapi.json")
+    # the reason: the name did not resolve (not, say, CORS: a refusal would name the policy)
+    assert [m for m in docs.console() if "localhost" in m and "ERR_NAME_NOT_RESOLVED" in m]
