@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +30,7 @@ import pytest
 
 from tests.browser import jsbundle
 from tests.devserver import DevServer, clean_env, free_port, start_dev
+from tests.factories import scratch_database
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = Path(__file__).parent / "page"
@@ -225,17 +225,8 @@ def s3(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 @pytest.fixture(scope="session")
 def dev_database(pg_admin_dsn: str) -> Iterator[str]:
     """A database of its own for the browser suite's `edgefn dev`, which migrates and seeds it."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = f"edgefn_browser_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(pg_admin_dsn), "dbname": name})
-    finally:
-        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with scratch_database(pg_admin_dsn, "edgefn_browser") as dsn:
+        yield dsn
 
 
 def dev_env(database: str, s3: S3, origin: str, **extra: str) -> dict[str, str]:
