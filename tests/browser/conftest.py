@@ -5,7 +5,9 @@ the S3 stand-in (moto's server, with the bucket CORS policy from upload-media's 
 
 Where Chromium, its driver or npm is missing, or Chromium does not start, every test here
 is skipped with the reason (shown in the run's summary). Chromium resolves no host name
-(`--host-resolver-rules`): whatever a page loads must come from 127.0.0.1.
+(`--host-resolver-rules`): whatever a page loads must come from 127.0.0.1. Everything here
+is package-scoped: Chromium, the servers and their processes stop when this folder's tests
+are done, not at the end of the whole run.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Browser:
         return [entry["message"] for entry in self.driver.get_log("browser")]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     chromium, chromedriver = _binaries()
     try:
@@ -142,7 +144,7 @@ class Site:
     other: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("site")
     for f in PAGE.iterdir():
@@ -151,7 +153,7 @@ def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Site(root, allowed, other)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def supabase_js(site: Site) -> None:
     """supabase-js in the page (the /docs tests do without it)."""
     try:
@@ -180,7 +182,7 @@ class S3:
         self.client.put_bucket_cors(Bucket=BUCKET, CORSConfiguration={"CORSRules": rules})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def s3(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     """moto's server in its own process, without its allow-everything CORS, so the bucket's
     own policy is what the browser gets (as from R2)."""
@@ -222,7 +224,7 @@ def s3(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 # -- edgefn dev ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dev_database(pg_admin_dsn: str) -> Iterator[str]:
     """A database of its own for the browser suite's `edgefn dev`, which migrates and seeds it."""
     with scratch_database(pg_admin_dsn, "edgefn_browser") as dsn:
@@ -242,7 +244,7 @@ def dev_env(database: str, s3: S3, origin: str, **extra: str) -> dict[str, str]:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dev(
     site: Site, s3: S3, dev_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DevServer]:
