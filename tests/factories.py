@@ -241,3 +241,13 @@ async def add_subscription(
 async def add_user_event(conn: Conn, user_id: str, event_type: str = "match", payload: dict[str, Any] | None = None) -> int:
     row = {"user_id": user_id, "event_type": event_type, "payload": payload or {}}
     return int(await _insert(conn, "public.user_events", row, "id"))
+
+
+async def age_cell_moves(conn: Conn, *user_ids: str, minutes: float = 16) -> None:
+    """As if the users' last location-cell move (0017b) were `minutes` ago: the next
+    location write may move their published cell again."""
+    async with connection(conn) as c:
+        await c.execute(
+            "update public.profile_cell_moves set moved_at = now() - make_interval(mins => %s) where user_id = any(%s)",
+            (minutes, list(user_ids)),
+        )

@@ -3,7 +3,7 @@
     GET /functions/v1/recommendations?limit=20&gender=&min_age=&max_age=&max_distance_km=&cursor=
 
 The ASGI app (`app`) and the Lambda entry point (`handler`). The work is in `logic.py` and
-`public.deck` (sql/migrations/0011_swipes_and_deck.sql)."""
+`public.deck` (sql/migrations/0011_swipes_and_deck.sql, 0017b_location_cells.sql)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ add_health_route(fn, ("database", "redis"))
 
 
 @fn.get(
-    "/", auth="required", query=DeckQuery, response=Deck, cache=logic.CACHE,
-    summary="The caller's next candidates, best first (cached 5 minutes per user and filters; "
-    "any swipe invalidates it); page on with next_cursor",
+    "/", auth="required", query=DeckQuery, response=Deck,
+    summary="The caller's next candidates, best first; page on with next_cursor. A page's ranking is "
+    "cached 5 minutes per user and filters (a swipe invalidates it), and re-checked on every read",
 )
 async def recommendations(ctx: RequestContext) -> Any:
     return await logic.load(ctx, ctx.query)

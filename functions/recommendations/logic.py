@@ -1,10 +1,9 @@
-"""The deck: one Postgres round trip on a miss (`public.deck`, migration 0011), the edge
-cache otherwise.
+"""The deck: one Postgres round trip per request (`public.deck`, migrations 0011 and
+0017b), called as the service for the verified caller (users may not execute it over the
+REST API: this route's rate limit is its only door).
 
-Cached per user and filter set (and cursor) for 5 minutes. batch-swipe bumps the version
-scope `deck:<user>` after every swipe it commits, so a cached deck is never served once a
-swipe's response has been sent: the next read recomputes, and the database excludes
-everyone already swiped.
+Pages are cached (`pages`): a hit re-checks the cached cards in the database instead of
+ranking the whole candidate set again, so nobody ineligible is ever served from the cache.
 """
 
 from __future__ import annotations
@@ -12,27 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from functions.recommendations import pages
 from functions.recommendations.cursor import Cursor, decode, filters_digest
 from shared import errors
-from shared.cache import CachePolicy
 
 if TYPE_CHECKING:
     from functions.recommendations.models import DeckQuery
     from functions.recommendations.settings import RecommendationsSettings
     from shared.context import RequestContext
 
-
-def deck_scope(user_id: str) -> str:
-    """The data-version scope batch-swipe bumps (spelled there too: each function ships alone)."""
-    return f"deck:{user_id}"
-
-
-CACHE = CachePolicy(ttl=300, version=lambda ctx: deck_scope(ctx.user_id))
-
 DECK_SQL = (
-    "select id, display_name, age, distance_km, bio, photos, rank, tier, strategy"
-    " from public.deck(%s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s, %s::float8[], %s, %s, %s, %s)"
+    "select id, display_name, age, distance_km, bio, photos, rank, tier, strategy, digest"
+    " from public.deck(%s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s, %s::float8[], %s, %s, %s, %s, %s::uuid[], %s)"
 )
+CARD_FIELDS = ("id", "display_name", "age", "distance_km", "bio", "photos")
 
 
 def caller(ctx: RequestContext) -> str:
@@ -40,7 +32,7 @@ def caller(ctx: RequestContext) -> str:
 
 
 async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
-    caller(ctx)
+    user_id = caller(ctx)
     settings: RecommendationsSettings = ctx.settings  # type: ignore[assignment]
     digest = filters_digest(query.filters())
     if query.cursor is not None:
@@ -48,6 +40,8 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
     else:
         now = datetime.now(UTC).replace(microsecond=0)
         after = Cursor(settings.deck_strategy, 0, None, None, now, digest)
+    version_key, page_key = pages.keys(ctx.services, user_id, query.model_dump(mode="json"))
+    version, cached = await pages.read(ctx.services, version_key, page_key)
     params = (
         query.limit + 1,  # one more than asked: tells whether there is a next page
         [query.gender] if query.gender else None,
@@ -64,6 +58,8 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
         settings.deck_hnsw_pool,
         settings.deck_exact_max,
         settings.deck_exact_radius_km,
+        cached.ids if cached else None,
+        cached.digest if cached else None,
     )
     try:
         rows = await ctx.services.db.fetch(
@@ -75,6 +71,11 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
             raise mapped from None
         raise
 
+    if cached is not None and rows and rows[0]["strategy"] == "recheck":
+        _cache_status(ctx, "hit")
+        ctx.metadata["ranking"] = cached.ranking
+        return {"candidates": [{k: r[k] for k in CARD_FIELDS} for r in rows], "next_cursor": cached.next_cursor}
+
     page = rows[: query.limit]
     next_cursor = None
     if len(rows) > query.limit:
@@ -83,13 +84,18 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
     elif rows and rows[-1]["strategy"] == "hnsw" and rows[-1]["tier"] == 0:
         # the HNSW pool ran out on this page: the rest of the deck is tier 1, from its start
         next_cursor = Cursor("hnsw", 1, None, None, after.as_of, digest).encode()
-    ctx.metadata["ranking"] = rows[0]["strategy"] if rows else after.strategy
-    return {
-        "candidates": [
-            {k: r[k] for k in ("id", "display_name", "age", "distance_km", "bio", "photos")} for r in page
-        ],
-        "next_cursor": next_cursor,
-    }
+    ranking = rows[0]["strategy"] if rows else after.strategy
+    ctx.metadata["ranking"] = ranking
+    _cache_status(ctx, "miss")
+    if page and version is not None:
+        computed = pages.Page([str(r["id"]) for r in page], next_cursor, ranking, rows[0]["digest"])
+        await pages.store(ctx.services, page_key, version, computed)
+    return {"candidates": [{k: r[k] for k in CARD_FIELDS} for r in page], "next_cursor": next_cursor}
+
+
+def _cache_status(ctx: RequestContext, status: str) -> None:
+    ctx.metadata["cache_status"] = status
+    ctx.response_headers["X-Cache-Status"] = status
 
 
 def _map_db_error(exc: BaseException) -> errors.AppError | None:

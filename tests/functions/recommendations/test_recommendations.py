@@ -64,15 +64,16 @@ async def test_who_is_left_out(deck: Any, world: World, make_token: Any) -> None
 async def test_cards_show_public_fields_only(deck: Any, world: World, make_token: Any) -> None:
     him = await world.person("him", km=12.4, birthdate=born(33))
     (card,) = cards(await deck(make_token(world.me)))
+    # the distance between the two 3 km cells, rounded up to its step (5, 10, 15, 20, 30 ...)
     assert card == {
-        "id": him, "display_name": "him", "age": 33, "distance_km": 12, "bio": "I am him",
+        "id": him, "display_name": "him", "age": 33, "distance_km": 15, "bio": "I am him",
         "photos": [{"bucket": "avatars", "key": "avatars/him.jpg"}],
     }
-    # not even a very close person's exact distance
+    # not even a very close person's distance below the first step
     await world.person("next_door", km=0.05)
     await fn.services.response_cache.bump(f"deck:{world.me}")
     near = [c for c in cards(await deck(make_token(world.me))) if c["display_name"] == "next_door"]
-    assert near[0]["distance_km"] == 1
+    assert near[0]["distance_km"] == 5
 
 
 async def test_similarity_score_and_recency(deck: Any, world: World, make_token: Any) -> None:
@@ -171,6 +172,8 @@ async def test_hnsw_tiers_page_through_everything(deck: Any, world: World, make_
 
 
 async def test_cached_for_the_user_until_they_swipe(deck: Any, world: World, make_token: Any, client_for: Any) -> None:
+    """A page's ranking is cached per user, filters and cursor; serving it costs one database
+    round trip that re-checks the cached cards (0017b), not a new ranking."""
     w = world
     a, b = await w.person("a", score=0.9), await w.person("b", score=0.1)
     token = make_token(w.me)
@@ -180,12 +183,13 @@ async def test_cached_for_the_user_until_they_swipe(deck: Any, world: World, mak
     services = fn.services
     db0 = services.db.round_trips
     hit = await deck(token)
-    assert hit.headers["x-cache-status"] == "hit" and services.db.round_trips == db0
+    assert hit.headers["x-cache-status"] == "hit" and services.db.round_trips == db0 + 1
+    assert hit.json()["metadata"]["cache_status"] == "hit"
     assert hit.json()["data"] == first.json()["data"]
-    # another filter set is another entry: one round trip on its miss
+    # another filter set is another entry
     other = await deck(token, max_distance_km=60)
-    assert other.headers["x-cache-status"] == "miss" and services.db.round_trips == db0 + 1
-    # a swipe through batch-swipe invalidates every cached deck of the caller
+    assert other.headers["x-cache-status"] == "miss" and services.db.round_trips == db0 + 2
+    # a swipe through batch-swipe invalidates every cached page of the caller
     swiper = client_for(swipe_fn)
     r = await swiper.post("/functions/v1/batch-swipe", json={"swipes": [{"target_id": a, "action": "pass"}]},
                           headers={"Authorization": f"Bearer {token}"})
@@ -280,7 +284,11 @@ async def test_the_candidate_table_follows_profile_changes(deck: Any, world: Wor
     assert await change("update public.profile_embeddings set embedding = %s::real[] where user_id = %s", unit(0), a) == ["a", "b"]
     assert await change("update public.profiles set hidden = true where id = %s", a) == ["b"]
     assert await change("update public.profiles set hidden = false where id = %s", a) == ["a", "b"]
-    assert await change("update public.profiles set lat = lat + 1 where id = %s", a) == ["b"]  # 111 km away
+    # 111 km away: the published cell follows at most once per 15 minutes (0017b) ...
+    assert await change("update public.profiles set lat = lat + 1 where id = %s", a) == ["a", "b"]
+    await f.age_cell_moves(w.dsn, a)
+    # ... so it moves with the first location write after that
+    assert await change("update public.profiles set lat = lat where id = %s", a) == ["b"]
     assert await change("delete from public.profile_embeddings where user_id = %s", b) == ["b"]
     assert await change("update public.profiles set deleted_at = now() where id = %s", b) == []
     async with await psycopg.AsyncConnection.connect(w.dsn) as conn:
