@@ -18,9 +18,10 @@ class DeckQuery(BaseModel):
     gender: Gender | None = Field(None, description="Only this gender (default: the genders in your profile's interested_in)")
     min_age: int | None = Field(None, ge=18, le=120, description="Youngest age shown (default: your profile's preference)")
     max_age: int | None = Field(None, ge=18, le=120, description="Oldest age shown (default: your profile's preference)")
-    # from 1 m: a vanishing radius (5e-324) underflows the distance arithmetic in SQL
+    # the database rounds it down to a distance step, and anything below 5 km up to 5 (0017b)
     max_distance_km: float | None = Field(
-        None, ge=0.001, le=20_000, description="Only people within this distance of you (0.001 to 20000)"
+        None, ge=0.001, le=20_000,
+        description="Only people within this distance of you (0.001 to 20000; rounded down to a distance step, at least 5)",
     )
     cursor: str | None = Field(None, min_length=1, max_length=512, description="next_cursor of the previous page")
 
@@ -43,7 +44,10 @@ class Card(BaseModel):
     id: UUID
     display_name: str | None
     age: int | None = Field(description="In whole years (the birthdate is never sent)")
-    distance_km: int | None = Field(description="Rounded to whole km, at least 1; null when either side has no location")
+    distance_km: int | None = Field(
+        description="The distance between the two people's ~3 km location cells, rounded up to a step (5, 10, 15, 20, "
+        "30, 40, 50, 75, 100, 150, 200 km, then every 100 km); null when either side has no location"
+    )
     bio: str | None
     photos: list[dict[str, Any]] = Field(description="Storage references of the profile's photos")
 
