@@ -55,16 +55,17 @@ return array[5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200];
 
 -- A distance in metres, rounded up to its step (km).
 create or replace function public.geo_distance_step_km(distance_m double precision) returns integer
-language sql immutable parallel safe
+language sql immutable strict parallel safe
 return case
     when distance_m > 200000.0 then (ceil(distance_m / 100000.0) * 100)::integer
     else (select min(s) from unnest(public.geo_distance_steps_km()) s where s * 1000.0 >= distance_m)
 end;
 
 -- A radius asked for, rounded down to a step (km), at least the first one: the filter
--- keeps d <= step(r), exactly the cards whose shown distance is at most r.
+-- keeps d <= step(r), exactly the cards whose shown distance is at most r. (No radius, no
+-- filter: null stays null.)
 create or replace function public.geo_radius_step_km(max_distance_km double precision) returns double precision
-language sql immutable parallel safe
+language sql immutable strict parallel safe
 return case
     when max_distance_km > 200 then floor(max_distance_km / 100.0) * 100.0
     else coalesce((select max(s) from unnest(public.geo_distance_steps_km()) s where s <= max_distance_km), 5)

@@ -209,6 +209,13 @@ async def test_moving_oneself_across_cell_edges_learns_only_the_cell(
     assert all(len(answers) == 1 for answers in by_cell.values()), by_cell
 
 
+async def test_without_a_radius_distance_filters_nobody(deck: Any, world: World, make_token: Any) -> None:
+    """No max_distance_km, no distance filter (a null radius is not the first step)."""
+    far = await world.person("far_and_old", km=150, birthdate=born(97))
+    r = await deck(make_token(world.me), max_distance_km=None, min_age=97, max_age=97)
+    assert [(c["id"], c["distance_km"]) for c in r.json()["data"]["candidates"]] in ([(far, 150)], [(far, 200)])
+
+
 async def test_relocation_is_rate_limited_through_the_rest_path(
     deck: Any, world: World, make_token: Any, database_url: str
 ) -> None:
