@@ -2,7 +2,9 @@
 # chosen at run time with EDGEFN_FUNCTION (its folder name, e.g. upload_media), or baked in:
 #   docker build --build-arg FUNCTION=webhooks -t edgefn-webhooks .
 # Dependencies are exactly the locked, hash-checked ones the tests ran against.
-FROM python:3.11-slim
+# The Python is the deploy target's (edgefn/target.py); the architecture is x86_64, the only
+# one Cloud Run runs (Debian bookworm's glibc 2.36 loads every wheel the Lambda zips load).
+FROM --platform=linux/amd64 python:3.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -1,33 +1,35 @@
-"""`edgefn package <function>|--all [--out DIR] [--arch x86_64|arm64] [--python 3.11]`
+"""`edgefn package <function>|--all [--out DIR] [--arch arm64|x86_64] [--python 3.13]`
 
 Builds one Lambda zip per function containing only that function's folder, `shared/` and
 the third-party distributions the function's code imports (found by reading its imports,
 the lazy ones inside functions included, through the shared modules it uses), at the
-versions and hashes of `requirements/runtime.lock`, as wheels for the chosen Lambda
-architecture and Python version (pip's platform-specific wheel selection).
+versions and hashes of `requirements/runtime.lock`, as wheels for the deploy target
+(`edgefn.target`: the runtime's Python, architecture and glibc) whatever the build host is.
 
-Zips are reproducible: entries sorted, fixed timestamps and permissions, bytecode compiled
-with unchecked hashes (Lambda's /var/task is read-only, so shipping .pyc saves compiling
-on every cold start). boto3/botocore are left out (the Lambda runtime provides them)
-except where a function pins them deliberately: see `PINNED_IN`.
+Zips are reproducible: entries sorted, fixed timestamps and permissions, bytecode for the
+target Python compiled with unchecked hashes (Lambda's /var/task is read-only, so a zip
+without .pyc compiles every module it imports on every cold start). The bytecode needs an
+interpreter of the target version on the build host (`edgefn.zipcheck.interpreter_for`);
+without one the build says so and ships sources only. boto3/botocore are left out (the
+Lambda runtime provides them) except where a function pins them deliberately: see
+`PINNED_IN`.
 
-Sentry, imported only when SENTRY_DSN is set, ships only with `--with sentry`.
-
-Prints each zip's size and, when the target Python is the one running, the cold import of
-the handler from the unpacked zip with nothing else on sys.path.
+Before a zip is written, `edgefn.zipcheck` checks what loads it on the target (wheel tags,
+ELF machine and glibc symbol versions, extension file names, every import present) and the
+build fails on any problem. Where the host can run the target (same architecture and an
+interpreter of the target version), each zip also imports and answers `/health` in an
+isolated interpreter with nothing but the zip, and the handler's import time is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import compileall
 import hashlib
 import importlib.metadata as md
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,13 +42,15 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from edgefn import zipcheck
+from edgefn.target import TARGET, wheel_platforms
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "runtime.lock"
-#: the Lambda Python runtime ships boto3 and its dependency tree
-PROVIDED_BY_RUNTIME = {"boto3", "botocore", "s3transfer", "jmespath"}
-#: integrations a deployment opts in to (`--with sentry`): Sentry is imported only when
-#: SENTRY_DSN is set, and costs about 1.9 MB per zip
-OPTIONAL = {"sentry": "sentry-sdk"}
+EVENTS = ROOT / "tests" / "events"
+#: the Lambda Python runtime ships boto3; the zip takes it from there (jmespath, which
+#: boto3 also brings, is small and ships: Powertools imports it in every function)
+PROVIDED_BY_RUNTIME = {"boto3", "botocore", "s3transfer"}
 #: distributions a function ships although the runtime has them, and why
 PINNED_IN: dict[str, dict[str, str]] = {
     "upload-media": {
@@ -55,10 +59,7 @@ PINNED_IN: dict[str, dict[str, str]] = {
     },
 }
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-PLATFORMS = {
-    "x86_64": ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"],
-    "arm64": ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64"],
-}
+ARCHES = ("arm64", "x86_64")
 
 
 @dataclass
@@ -68,6 +69,9 @@ class Built:
     size: int
     sha256: str
     distributions: list[str]
+    #: bytecode for the target Python is in the zip
+    bytecode: bool
+    #: the handler's import in a clean target interpreter (None: the host cannot run it)
     import_ms: float | None
 
 
@@ -141,9 +145,9 @@ def _environment(arch: str, python: str) -> dict[str, str]:
     }
 
 
-def distributions(function: str, arch: str, python: str, with_optional: tuple[str, ...] = ()) -> list[str]:
-    """Canonical names of the distributions a function ships, dependencies included: not
-    what the runtime provides (unless pinned in), not optional integrations not asked for."""
+def distributions(function: str, arch: str = TARGET.arch, python: str = TARGET.python) -> list[str]:
+    """Canonical names of the distributions a function ships, dependencies included, but
+    not what the runtime provides (unless pinned in)."""
     folder = function.replace("-", "_")
     by_module = md.packages_distributions()
     extras = _declared_extras()
@@ -155,7 +159,6 @@ def distributions(function: str, arch: str, python: str, with_optional: tuple[st
             wanted.setdefault(name, set()).update(extras.get(name, set()))
     pinned = PINNED_IN.get(function, {})
     skip = set() if pinned else set(PROVIDED_BY_RUNTIME)  # a pinned-in boto3 brings its tree
-    skip |= {dist for key, dist in OPTIONAL.items() if key not in with_optional}
     result: set[str] = set()
     todo = [(n, e) for n, e in wanted.items() if n not in skip]
     while todo:
@@ -202,7 +205,7 @@ def stage(dists: set[str], arch: str, python: str, work: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--no-compile", "--require-hashes", "--only-binary=:all:", "--implementation", "cp",
            "--python-version", python, "--target", str(target), "-r", str(req)]
-    for plat in PLATFORMS[arch]:
+    for plat in wheel_platforms(arch):
         cmd += ["--platform", plat]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -226,14 +229,22 @@ def _record_files(site: Path, dist: str) -> list[Path]:
     raise FileNotFoundError(f"{dist} is not in the staged wheels")
 
 
-def _assemble(function: str, dists: list[str], site: Path, into: Path) -> None:
+def _assemble(function: str, dists: list[str], site: Path, into: Path, python: str) -> None:
+    """Copy the function's distributions from the staged (stripped, compiled) site, each
+    source with its bytecode when there is some, then the function's own code."""
     folder = function.replace("-", "_")
+    tag = f"cpython-{python.replace('.', '')}"
     for d in dists:
         for f in _record_files(site, d):
             if f.is_file():
-                dest = into / f.relative_to(site)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dest)
+                files = [f]
+                if f.suffix == ".py":
+                    files.append(f.parent / "__pycache__" / f"{f.stem}.{tag}.pyc")
+                for src in files:
+                    if src.is_file():
+                        dest = into / src.relative_to(site)
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(src, dest)
     for src in [ROOT / "functions" / "__init__.py", *(ROOT / "functions" / folder).rglob("*.py"), *(ROOT / "shared").rglob("*.py")]:
         if "__pycache__" in src.parts:
             continue
@@ -254,86 +265,79 @@ def _strip_binaries(tree: Path) -> None:
             subprocess.run([strip, "--strip-unneeded", str(so)], capture_output=True)
 
 
-_PROBE = """
-import importlib, json, sys
-sys.path.insert(0, sys.argv[1])
-importlib.import_module(sys.argv[2])
-for name in sys.argv[3:]:
-    try:
-        importlib.import_module(name)
-    except Exception:
-        pass
-print(json.dumps(sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())})))
-"""
-
-
-def _compile_loaded(tree: Path, function: str) -> None:
-    """Bytecode (unchecked-hash, so reproducible) for every module the function loads at
-    cold start and when it first touches each dependency; the rest (rare paths, optional
-    integrations) compiles on demand. Shipping all .pyc would add about 4 MB per zip."""
-    folder = function.replace("-", "_")
-    lazy = sorted(third_party_modules(folder))
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", _PROBE, str(tree), f"functions.{folder}.handler", *lazy],
-        capture_output=True, text=True, check=True, env={"PATH": "", "PYTHONDONTWRITEBYTECODE": "1"},
+def _compile(root: Path, interpreter: str, *folders: Path) -> None:
+    """Bytecode for every module under `folders` (default: all of `root`), by the target
+    interpreter itself (bytecode is specific to a Python version, not to an architecture),
+    with unchecked hashes so the zip stays reproducible, recorded as the path under
+    /var/task where Lambda unpacks it."""
+    subprocess.run(
+        [interpreter, "-I", "-m", "compileall", "-q", "-q", "--invalidation-mode", "unchecked-hash",
+         "-s", str(root), "-p", "/var/task", *(str(f) for f in folders or (root,))],
+        check=True, capture_output=True, env={"PATH": ""},
     )
-    import json
-
-    root = str(tree)
-    for f in json.loads(out.stdout.strip().splitlines()[-1]):
-        if f.startswith(root) and f.endswith(".py"):
-            rel = Path(f).relative_to(tree)
-            compileall.compile_file(
-                f, quiet=1, ddir=str(Path("/var/task") / rel.parent),
-                invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
-            )
 
 
 def _zip(tree: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for path in sorted(p for p in tree.rglob("*") if p.is_file()):
             info = zipfile.ZipInfo(path.relative_to(tree).as_posix(), ZIP_DATE)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes(), compresslevel=9)
+            zf.writestr(info, path.read_bytes(), compresslevel=6)
     os.replace(tmp, out)
 
 
-def import_time(tree: Path, function: str, runs: int = 5) -> float:
-    module = f"functions.{function.replace('-', '_')}.handler"
-    code = f"import sys, time; sys.path.insert(0, {str(tree)!r}); t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
-    times = []
-    for _ in range(runs):
-        out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, env={"PATH": ""})
-        times.append(float(out.stdout.strip()))
-    return statistics.median(times)
-
-
 def build(
-    functions: list[str], out: Path, arch: str = "x86_64", python: str | None = None, measure: bool = True,
-    with_optional: tuple[str, ...] = (),
+    functions: list[str], out: Path, arch: str = TARGET.arch, python: str = TARGET.python,
+    interpreter: str | None = None, run_health: bool = True,
 ) -> list[Built]:
-    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
-    plan = {f: distributions(f, arch, python, with_optional) for f in functions}
+    """Build, check and write one zip per function. `interpreter`: a Python of the target
+    version (found on the host when not given); without one the zips carry no bytecode."""
+    from edgefn.cli import CommandError
+    from functions import FUNCTIONS
+
+    interpreter = interpreter or zipcheck.interpreter_for(python)
+    plan = {f: distributions(f, arch, python) for f in functions}
     built: list[Built] = []
     with tempfile.TemporaryDirectory(prefix="edgefn-package-") as tmp:
         work = Path(tmp)
         site = stage({d for ds in plan.values() for d in ds}, arch, python, work)
-        same_python = python == f"{sys.version_info.major}.{sys.version_info.minor}"
+        _strip_binaries(site)
+        if interpreter is not None:
+            _compile(site, interpreter)
+        runnable = interpreter is not None and arch == _native_arch() and run_health
         for function, dists in plan.items():
             tree = work / "trees" / function
-            _assemble(function, dists, site, tree)
-            _strip_binaries(tree)
-            if same_python:
-                _compile_loaded(tree, function)
+            _assemble(function, dists, site, tree, python)
+            modules = third_party_modules(function.replace("-", "_")) - _runtime_modules(function)
+            found = zipcheck.problems(tree, python, arch, TARGET.glibc, modules)
+            if found:
+                raise CommandError(f"{function} would not load on {TARGET.runtime} {arch}:\n  " + "\n  ".join(found))
+            if interpreter is not None:
+                _compile(tree, interpreter, tree / "functions", tree / "shared")
+            import_ms = None
+            if runnable:
+                assert interpreter is not None
+                result = zipcheck.health(tree, function, FUNCTIONS[function], interpreter, EVENTS)
+                if result["status"] != 200 or result["outside"]:
+                    raise CommandError(f"{function}: /health in a clean interpreter answered {result}")
+                import_ms = result["import_ms"]
             zpath = out / f"{function}.zip"
             _zip(tree, zpath)
             data = zpath.read_bytes()
             built.append(Built(function, zpath, len(data), hashlib.sha256(data).hexdigest(), dists,
-                               import_time(tree, function) if (measure and same_python and arch == _native_arch()) else None))
+                               interpreter is not None, import_ms))
     return built
+
+
+def _runtime_modules(function: str) -> set[str]:
+    """Top-level modules the Lambda runtime provides to this function (none when pinned in)."""
+    if PINNED_IN.get(function):
+        return set()
+    by_module = md.packages_distributions()
+    return {m for m, dists in by_module.items() if {canonicalize_name(d) for d in dists} & PROVIDED_BY_RUNTIME}
 
 
 def _native_arch() -> str:
@@ -347,10 +351,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("function", nargs="?", help="a function's route name, e.g. upload-media")
     p.add_argument("--all", action="store_true", help="every function")
     p.add_argument("--out", default="dist/lambda", help="where the zips go (default dist/lambda)")
-    p.add_argument("--arch", choices=sorted(PLATFORMS), default="x86_64")
-    p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}", help="Lambda runtime Python (3.11, 3.12)")
-    p.add_argument("--with", dest="with_optional", action="append", choices=sorted(OPTIONAL), default=[],
-                   help="ship an optional integration (sentry: needed when SENTRY_DSN is set)")
+    p.add_argument("--arch", choices=ARCHES, default=TARGET.arch, help=f"default {TARGET.arch}, the deploy target")
+    p.add_argument("--python", default=TARGET.python, help=f"the runtime's Python (default {TARGET.python}, the deploy target)")
+    p.add_argument("--interpreter", help=f"a Python of that version, for the bytecode and the /health check "
+                   "(default: found on this host)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -364,9 +368,9 @@ def run(args: argparse.Namespace) -> int:
         if n not in FUNCTIONS:
             raise CommandError(f"unknown function {n!r}; known: {', '.join(sorted(FUNCTIONS))}")
     if not re.fullmatch(r"3\.\d+", args.python):
-        raise CommandError(f"--python takes a version like 3.12, got {args.python!r}")
+        raise CommandError(f"--python takes a version like 3.13, got {args.python!r}")
     try:
-        built = build(names, Path(args.out), args.arch, args.python, with_optional=tuple(args.with_optional))
+        built = build(names, Path(args.out), args.arch, args.python, interpreter=args.interpreter)
     except subprocess.CalledProcessError as exc:
         raise CommandError(f"pip could not fetch the wheels ({exc.returncode}); is the lock current?") from None
     print(f"{'function':<24}{'zip MB':>8}{'import ms':>11}  distributions")
@@ -375,5 +379,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{b.function:<24}{b.size / 1e6:>8.2f}{ms:>11}  {', '.join(b.distributions)}")
         for dist, why in PINNED_IN.get(b.function, {}).items():
             print(f"{'':<24}{'':>8}{'':>11}  ({dist} pinned in: {why})")
-    print(f"written to {Path(args.out).resolve()} ({args.arch}, Python {args.python})")
+    print(f"written to {Path(args.out).resolve()} ({args.arch}, Python {args.python}); checked: wheel tags, "
+          f"glibc <= {TARGET.glibc[0]}.{TARGET.glibc[1]}, extension names, imports"
+          + ("; /health answered in a clean interpreter" if built and built[0].import_ms is not None else ""))
+    if built and not built[0].bytecode:
+        print(f"warning: no Python {args.python} on this host, so the zips carry no bytecode and every cold "
+              f"start compiles what it imports; pass --interpreter or build where python{args.python} exists",
+              file=sys.stderr)
     return 0
