@@ -22,6 +22,8 @@ local server. The middleware stack is composed once per cold start, outermost fi
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +37,9 @@ from starlette.routing import compile_path
 
 from shared import errors
 from shared.context import RequestContext
+from shared.emf import EMF
 from shared.envelope import JSONResponse, error_response, success_body
-from shared.observability import json_log, metrics, new_request_id, sentry
+from shared.observability import VERSION, json_log, metrics, new_request_id, sentry
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,6 +107,12 @@ class FunctionApp:
         self._pipeline: Any = None
         self._mangum: Any = None
         self._scheduled: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+        self._gauges: list[Callable[[Any], Awaitable[dict[str, float]]]] = []
+        self._initialised = False
+        #: the services the function needs (its deep health checks them; init connects to
+        #: Postgres and Redis among them): set by `shared.health.add_health_route`
+        self.dependencies: tuple[str, ...] = ()
+        self.emf = EMF(name)
 
     # -- registration -------------------------------------------------------------------
 
@@ -163,7 +172,15 @@ class FunctionApp:
         await self._stack(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        await lifespan(receive, send, [self._services] if self._services is not None else [])
+        # a container (Cloud Run) connects before it reports started: its startup probe
+        # waits, and no request pays for a connection being set up
+        await lifespan(receive, send, [self], startup=self.warm)
+
+    async def aclose(self) -> None:
+        """Shutdown: the last metrics, then the connections."""
+        self.emf.flush()
+        if self._services is not None:
+            await self._services.aclose()
 
     def _build_stack(self) -> Callable[..., Awaitable[None]]:
         from shared import observability
@@ -171,6 +188,7 @@ class FunctionApp:
         from shared.pipeline import Pipeline
 
         observability.configure(self.settings)
+        self.emf.configure(self.settings)
         self._pipeline = Pipeline(self.settings, self.services)
         inner: Any = self._dispatch
         inner = CORSMiddleware(inner, self.settings)
@@ -179,31 +197,127 @@ class FunctionApp:
             from shared.origin import OriginVerificationMiddleware
 
             inner = OriginVerificationMiddleware(inner, self.settings.origin_verify_header, secrets)  # type: ignore[attr-defined]
-        return ObservabilityMiddleware(inner, self.name)
+        return ObservabilityMiddleware(inner, self.name, self.emf)
+
+    # -- init: what a cold start does before the first request -----------------------------
+
+    #: how long init may spend opening connections before it lets requests in anyway
+    WARM_TIMEOUT_S = 5.0
+
+    async def warm(self) -> None:
+        """Open what the first request would otherwise open: the middleware stack, a
+        connection to each service this function checks in its deep health (Postgres,
+        Redis/Upstash), and the auth signing keys. A service that cannot be reached is
+        logged, not fatal: the first request then meets it under the route's own policy."""
+        if self._stack is None:
+            self._stack = self._build_stack()
+        from shared.emf import warm as warm_emf
+
+        warm_emf()
+        started = time.perf_counter()
+        opened: dict[str, str] = {}
+        for name in (d for d in self.dependencies if d in ("database", "redis")):
+            try:
+                async with asyncio.timeout(self.WARM_TIMEOUT_S):
+                    if name == "database":
+                        await self.services.db.fetch("select 1 as ok", service=True)
+                    elif name == "redis":
+                        await self.services.kv.execute("PING", timeout=self.WARM_TIMEOUT_S)
+                opened[name] = "up"
+            except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, the request decides
+                opened[name] = f"down: {getattr(exc, 'code', type(exc).__name__)}"
+        if any(r.auth != "public" for r in self.routes) and getattr(self.settings, "jwks_url", None):
+            # the signing keys (and the JWT and crypto imports) before the first token
+            try:
+                async with asyncio.timeout(self.WARM_TIMEOUT_S):
+                    await self.services.verifier.jwks.get("")
+                opened["auth"] = "up" if self.services.verifier.jwks.keys else "down: no keys"
+            except (Exception, TimeoutError) as exc:  # noqa: BLE001 - the first request retries
+                opened["auth"] = f"down: {getattr(exc, 'code', type(exc).__name__)}"
+        json_log.log("info", "init", function=self.name, version=VERSION, services=opened,
+                     ms=round((time.perf_counter() - started) * 1000, 2))
+
+    def _lambda_init(self) -> None:
+        """Lambda's init phase (the handler module's import): settings (secrets included),
+        Sentry with its Lambda integration, then connections, on the event loop Mangum
+        will run every invocation on, so they are reused."""
+        self._initialised = True
+        if self._stack is None:
+            self._stack = self._build_stack()  # the settings configure logging, Sentry, EMF
+        sentry.init()
+        _event_loop().run_until_complete(self.warm())
 
     def scheduled(self, fn: Callable[[Any], Awaitable[dict[str, Any]]]) -> Callable[[Any], Awaitable[dict[str, Any]]]:
-        """Register the coroutine a scheduled invocation runs (an EventBridge rule invokes
-        the function with a `Scheduled Event`, not an HTTP request). It gets the services."""
+        """Register the coroutine a scheduled invocation runs. It gets the services. On
+        Lambda an EventBridge rule invokes the function with a `Scheduled Event`; elsewhere
+        (Cloud Run) a scheduler calls `POST /internal/scheduled` with the shared secret
+        `SCHEDULER_SECRET` in `X-Scheduler-Secret` (the route answers 404 when no secret is
+        configured, so it is dark on Lambda)."""
         self._scheduled = fn
+        self.route("POST", "/internal/scheduled", auth="public", raw_body=True, max_body=1024, rate=None,
+                   name="scheduled", summary="Run the scheduled work now (the scheduler's call; shared secret)",
+                   tags=("internal",))(self._scheduled_route)
         return fn
 
-    def lambda_handler(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
-        if event.get("detail-type") == "Scheduled Event" and event.get("source") == "aws.events":
-            if self._scheduled is None:
-                return {"ok": False, "error": "this function has no scheduled work"}
-            import asyncio
+    async def _scheduled_route(self, ctx: RequestContext) -> dict[str, Any]:
+        import hmac
 
+        secret = getattr(ctx.settings, "scheduler_secret", None)
+        if not secret:
+            raise errors.NotFound(f"no route for POST {self.local_path(ctx.request.url.path)}", code="ROUTE_NOT_FOUND")
+        given = ctx.headers.get("x-scheduler-secret", "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            raise errors.Unauthenticated("the scheduler secret does not match", code="SCHEDULER_SECRET_MISMATCH")
+        return await self.run_scheduled()
+
+    async def run_scheduled(self) -> dict[str, Any]:
+        """The scheduled work, then the registered gauges; the report's numbers and the
+        gauges become metrics (`scheduled.<field>`, the gauge names)."""
+        assert self._scheduled is not None
+        result = await self._scheduled(self.services)
+        for measure in self._gauges:
             try:
-                loop = asyncio.get_event_loop()
-            except RuntimeError:
-                loop = asyncio.new_event_loop()
-                asyncio.set_event_loop(loop)
-            return loop.run_until_complete(self._scheduled(self.services))
-        if self._mangum is None:
-            from mangum import Mangum
+                for name, value in (await measure(self.services)).items():
+                    metrics.incr(name, value)
+            except Exception as exc:  # noqa: BLE001 - a failed gauge must not fail the run
+                json_log.log("error", "gauge failed", function=self.name, error=repr(exc))
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.incr(f"scheduled.{key}", value)
+        return result
 
-            self._mangum = Mangum(self, lifespan="off")
-        return self._mangum(event, context)  # type: ignore[no-any-return]
+    def gauge(self, fn: Callable[[Any], Awaitable[dict[str, float]]]) -> Callable[[Any], Awaitable[dict[str, float]]]:
+        """Register a coroutine that measures a backlog (names -> values) after each
+        scheduled run; the values become metrics (`shared.emf`) that alarms watch."""
+        self._gauges.append(fn)
+        return fn
+
+    @property
+    def lambda_handler(self) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        """The Lambda entry point. handler.py takes it at import, which on Lambda is the
+        init phase: taking it there (AWS_LAMBDA_FUNCTION_NAME set) runs `_lambda_init`."""
+        if not self._initialised and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+            self._lambda_init()
+        return self._invoke
+
+    def _invoke(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            if event.get("detail-type") == "Scheduled Event" and event.get("source") == "aws.events":
+                return self._run_scheduled()
+            if self._mangum is None:
+                from mangum import Mangum
+
+                self._mangum = Mangum(self, lifespan="off")
+            return self._mangum(event, context)  # type: ignore[no-any-return]
+        finally:
+            # before the runtime may freeze the process: this invocation's metrics and errors
+            self.emf.flush()
+            sentry.flush()
+
+    def _run_scheduled(self) -> dict[str, Any]:
+        if self._scheduled is None:
+            return {"ok": False, "error": "this function has no scheduled work"}
+        return _event_loop().run_until_complete(self.run_scheduled())
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -293,12 +407,16 @@ class FunctionApp:
         )
 
 
-async def lifespan(receive: Any, send: Any, services: Any) -> None:
-    """An ASGI lifespan: nothing to do at startup (pools open on first use); at shutdown,
-    close each of `services` (an iterable, read then), none stopping the others."""
+async def lifespan(
+    receive: Any, send: Any, services: Any, startup: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """An ASGI lifespan: at startup run `startup` (a function's init), at shutdown close
+    each of `services` (an iterable, read then), none stopping the others."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if startup is not None:
+                await startup()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             for s in services:
@@ -311,12 +429,18 @@ async def lifespan(receive: Any, send: Any, services: Any) -> None:
 
 
 class ObservabilityMiddleware:
-    """Outermost layer: request id, timing, one log line, and a 500 envelope for anything
-    that escaped the route (it never leaks a traceback to the caller)."""
+    """Outermost layer: request id, timing, one log line, metrics, and a 500 envelope for
+    anything that escaped the route (it never leaks a traceback to the caller).
 
-    def __init__(self, app: Callable[..., Awaitable[None]], function: str) -> None:
+    The log line carries the function's version, `cold_start` (true on the first request of
+    the process) and both request ids: ours (`request_id`, also the `x-request-id` answer
+    header) and, on Lambda, the invocation's (`lambda_request_id`, in Lambda's own logs)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], function: str, emf: EMF | None = None) -> None:
         self.app = app
         self.function = function
+        self.emf = emf
+        self.cold = True
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -333,12 +457,15 @@ class ObservabilityMiddleware:
         # the dispatcher records the status it is about to send (no send wrapper on the hot
         # path); anything that escapes before that is answered here
         state["status"] = None
+        context = scope.get("aws.context")  # Mangum passes the Lambda context
+        lambda_request_id = getattr(context, "aws_request_id", None)
+        cold, self.cold = self.cold, False
         try:
             await self.app(scope, receive, send)
         except Exception as exc:  # last resort: the route layer maps every known error
             sentry.capture(exc, function=self.function, request_id=request_id)
-            json_log.log("error", "unhandled", function=self.function, request_id=request_id, error=repr(exc),
-                         at=_where(exc))
+            json_log.log("error", "unhandled", function=self.function, request_id=request_id,
+                         lambda_request_id=lambda_request_id, version=VERSION, error=repr(exc), at=_where(exc))
             if state["status"] is None:
                 resp = error_response(errors.AppError("internal error"), request_id)
                 resp.headers["x-request-id"] = request_id
@@ -346,7 +473,8 @@ class ObservabilityMiddleware:
                 await resp(scope, receive, send)
         finally:
             status = state["status"] or 500
-            metrics.incr(status)
+            ms = round((time.perf_counter() - started) * 1000, 2)
+            metrics.observe(status, ms)
             if json_log.enabled:
                 json_log.log(
                     "info",
@@ -356,10 +484,30 @@ class ObservabilityMiddleware:
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status,
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    ms=ms,
                     request_id=request_id,
+                    lambda_request_id=lambda_request_id,
+                    cold_start=cold,
+                    version=VERSION,
                     user=state.get("user_id"),
                 )
+            if self.emf is not None and lambda_request_id is None:
+                self.emf.tick()  # long-lived processes; Lambda flushes per invocation
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The loop every invocation runs on: the current one (Mangum runs on it too, so
+    connections opened at init are reused), or a new one made current."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return asyncio.get_event_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        return loop
 
 
 def _where(exc: BaseException) -> str:

@@ -41,6 +41,8 @@ class HealthQuery(BaseModel):
 
 
 def add_health_route(fn: FunctionApp, dependencies: tuple[str, ...] = ("database", "redis")) -> None:
+    fn.dependencies = dependencies  # what init connects to (`FunctionApp.warm`)
+
     @fn.get("/health", auth="public", query=HealthQuery, summary="Liveness; ?deep=1 (service secret) checks dependencies", tags=("health",))
     async def health(ctx: RequestContext) -> Any:
         body: dict[str, Any] = {"status": "ok", "function": fn.name}

@@ -1,7 +1,9 @@
-"""Request ids, one JSON log line per request, counters, and Sentry initialised lazily.
+"""Request ids, one JSON log line per request, counters and latencies (written out as
+CloudWatch EMF by `shared.emf`), and Sentry.
 
-`sentry_sdk` is imported only when `SENTRY_DSN` is set, and only on the first error or
-the first request that needs it, so functions without Sentry pay nothing at cold start.
+`sentry_sdk` is imported only when `SENTRY_DSN` is set: on Lambda at init, with its AWS
+Lambda integration (`shared.app`), elsewhere on the first error; functions without Sentry
+pay nothing at cold start.
 """
 
 from __future__ import annotations
@@ -62,21 +64,40 @@ class JsonLogger:
 json_log = JsonLogger()
 
 
+#: the deployed version: Lambda's published version, Cloud Run's revision, else "local"
+VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION") or os.environ.get("K_REVISION") or "local"
+
+
 class Metrics:
-    """In-process counters; cheap, thread-safe enough for increments, clearable in tests.
-    Keys are names, or an HTTP status (an int) for the per-status request counts."""
+    """In-process counters and request latencies since the last flush; cheap, thread-safe
+    enough for increments, clearable in tests. Keys are names, or an HTTP status (an int)
+    for the per-status request counts."""
 
     def __init__(self) -> None:
         self.counters: Counter[str | int] = Counter()
+        self.latencies_ms: list[float] = []
 
-    def incr(self, name: str | int, value: int = 1) -> None:
+    def incr(self, name: str | int, value: float = 1) -> None:
         self.counters[name] += value
+
+    def observe(self, status: int, ms: float) -> None:
+        """One answered request: its status and how long it took."""
+        self.counters[status] += 1
+        self.latencies_ms.append(ms)
 
     def snapshot(self) -> dict[str | int, int]:
         return dict(self.counters)
 
+    def take(self) -> tuple[dict[str | int, int], list[float]]:
+        """Everything since the last take, and start afresh (what a flush writes)."""
+        counters, latencies = dict(self.counters), self.latencies_ms
+        self.counters.clear()
+        self.latencies_ms = []
+        return counters, latencies
+
     def clear(self) -> None:
         self.counters.clear()
+        self.latencies_ms = []
 
 
 metrics = Metrics()
@@ -105,14 +126,36 @@ class _Sentry:
             import sentry_sdk  # lazy: ~150 ms of import we only pay when configured
 
             if not self._initialised:
+                integrations = []
+                if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+                    # wraps each invocation: Lambda context on events, a warning before the
+                    # timeout, and a flush before the runtime freezes the process
+                    from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
+
+                    integrations.append(AwsLambdaIntegration(timeout_warning=True))
                 sentry_sdk.init(
                     dsn=self.dsn,
                     traces_sample_rate=self.traces_sample_rate,
                     send_default_pii=False,
                     environment=self.environment,
+                    release=VERSION,
+                    integrations=integrations,
                 )
                 self._initialised = True
             return sentry_sdk
+
+    def init(self) -> None:
+        """Initialise now (Lambda's init phase: the integration must be in place before the
+        first invocation); nothing without SENTRY_DSN."""
+        if self.enabled:
+            self._init()
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Send what is queued before the process may freeze (end of a Lambda invocation)."""
+        if self._initialised:
+            import sentry_sdk
+
+            sentry_sdk.flush(timeout=timeout)
 
     def capture(self, exc: BaseException, **tags: str) -> None:
         if not self.enabled:

@@ -284,7 +284,6 @@ class EdgeCacheStep:
                 response = await call_next()
             except errors.ServiceUnavailable:
                 if stale is not None:
-                    metrics.incr("cache.stale_served")
                     future.set_result((stale.payload, stale.etag, "stale"))
                     return self._serve(ctx, policy, stale.payload, stale.etag, "stale")
                 raise
@@ -313,6 +312,7 @@ class EdgeCacheStep:
                     pass
 
     def _serve(self, ctx: RequestContext, policy: CachePolicy, payload: Payload, etag: str, status: str) -> Response:
+        metrics.incr(f"cache.{status}")  # cache.hit / cache.miss / cache.stale (EMF)
         # every header in one dict, given to the response at construction (cheaper than
         # editing a built response's header list)
         headers = {

@@ -1,6 +1,7 @@
 """Typed settings, read on first use.
 
-Precedence: explicit keyword argument, then the environment, then the field default.
+Precedence: explicit keyword argument, then the environment, then the secret store named
+by `EDGEFN_SECRETS` (`shared.secrets`), then the field default.
 A missing or malformed value fails fast with the environment variable's name.
 
     class DashboardSettings(CoreSettings):
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -40,14 +41,17 @@ class Settings(BaseModel):
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> Self:
-        env = os.environ if env is None else env
+        if env is None:
+            env = _environment()
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             if name in explicit:
                 values[name] = explicit[name]
                 continue
             raw = env.get(cls.env_name(name))
-            if raw is not None and raw != "":
+            # blank is unset: a secret store that keeps no empty value holds " " for an
+            # optional provider nobody uses
+            if raw is not None and raw.strip() != "":
                 values[name] = raw
         try:
             return cls.model_validate(values)
@@ -58,6 +62,19 @@ class Settings(BaseModel):
                 var = cls.env_name(field) if field in cls.model_fields else field
                 problems.append(f"{var}: {err['msg']}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _environment() -> Mapping[str, str]:
+    """os.environ, completed by the secret store when EDGEFN_SECRETS names one
+    (`shared.secrets`: read once per process, at init)."""
+    if not os.environ.get("EDGEFN_SECRETS"):
+        return os.environ
+    from shared import secrets
+
+    try:
+        return secrets.environment()
+    except secrets.SecretsError as exc:
+        raise ConfigError(f"EDGEFN_SECRETS: {exc}") from None
 
 
 def csv(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -197,6 +214,13 @@ class CoreSettings(Settings):
     """The deployment's stage (`dev`, `prod` ...): Sentry's environment. The deploy files set it."""
     edgefn_access_log: bool = True
     """One JSON log line per request on stderr."""
+    edgefn_metrics: Literal["off", "emf"] = "off"
+    """`emf`: write CloudWatch EMF metric lines on stdout (`shared/emf.py`): one per Lambda
+    invocation, one a minute elsewhere. The deploy files set it."""
+    scheduler_secret: str | None = None
+    """Shared secret (secret) a scheduler sends in `X-Scheduler-Secret` to run the function's
+    scheduled work over HTTP (`POST <function>/internal/scheduled`, Cloud Run); unset, that
+    route does not exist."""
 
     @field_validator("cors_origins", "cors_allow_headers", "origin_verify_secrets", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from functions.realtime_orchestrator import logic
+from functions.realtime_orchestrator.backlog import gauges
 from functions.realtime_orchestrator.models import Accepted, InboxPage, InboxQuery
 from functions.realtime_orchestrator.settings import RealtimeOrchestratorSettings
 from shared.app import FunctionApp
@@ -49,6 +50,8 @@ async def scheduled_drain(services: Any) -> dict[str, Any]:
     report = await logic.orchestrator_for(services, fn.settings).drain()  # type: ignore[arg-type]
     return {"ok": True, **report.to_dict()}
 
+
+fn.gauge(gauges)  # the backlog alarm's metric, after each scheduled run
 
 app = fn
 handler = fn.lambda_handler

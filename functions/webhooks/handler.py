@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions.webhooks.backlog import gauges
 from functions.webhooks.models import PaystackEvent, RevenueCatWebhook, WebhookAck
 from functions.webhooks.settings import WebhooksSettings
 from shared.app import FunctionApp
@@ -49,6 +50,8 @@ async def reconcile(services: Any) -> dict[str, Any]:
 
     return await run(services)
 
+
+fn.gauge(gauges)  # the backlog alarm's metric, after each scheduled run
 
 app = fn
 handler = fn.lambda_handler
