@@ -49,9 +49,26 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
+def _through_pgbouncer(config: pytest.Config) -> bool:
+    """`pytest -m pgbouncer`: the database tests reach Postgres through PgBouncer in
+    transaction mode, as the functions reach Supabase through Supavisor (edgefn/pgbouncer.py)."""
+    import re
+
+    return bool(re.search(r"(?<!not )\bpgbouncer\b", config.getoption("markexpr") or ""))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses the database is a `pgbouncer` test too (before `-m` selects)."""
+    for item in items:
+        if "database_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pgbouncer)
+
+
 @pytest.fixture(scope="session")
-def database_url(pg_admin_dsn: str) -> Iterator[str]:
-    """A fresh database for this run, migrated, dropped at the end."""
+def database_url(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for this run, migrated, dropped at the end; reached through
+    PgBouncer in transaction mode under `-m pgbouncer`."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -63,10 +80,18 @@ def database_url(pg_admin_dsn: str) -> Iterator[str]:
     params = conninfo_to_dict(pg_admin_dsn)
     params["dbname"] = name
     dsn = make_conninfo(**params)
+    bouncer = None
     try:
-        apply_migrations(dsn)
+        apply_migrations(dsn)  # directly: migrations take advisory locks
+        if _through_pgbouncer(request.config):
+            from edgefn.pgbouncer import PgBouncer
+
+            bouncer = PgBouncer(dsn)
+            dsn = bouncer.start()
         yield dsn
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
 
