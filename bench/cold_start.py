@@ -1,6 +1,7 @@
 """Cold import of each function's handler module, in a fresh process each time.
 
     python -m bench.cold_start [--runs 7] [--json]
+    python -m bench.cold_start --end-to-end [--runs 20] [--json]   # bench/cold_start_e2e.py
 
 For each function: the median (of N fresh processes) wall time of `python -c "import
 <handler>"`, and the import alone timed inside the child; beside the floor
@@ -77,9 +78,16 @@ def render(results: dict[str, dict[str, float]], runs: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--runs", type=int, help="fresh processes per function (default 7; 20 end to end)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="each zip as Lambda runs it: init, then the first requests (bench/cold_start_e2e.py)")
     args = p.parse_args(argv)
+    if args.end_to_end:
+        from bench.cold_start_e2e import main as end_to_end
+
+        return end_to_end(args.runs or 20, args.json)
+    args.runs = args.runs or 7
     results = run(args.runs)
     print(json.dumps(results, indent=2) if args.json else render(results, args.runs))
     worst = max(r["import_ms"] for n, r in results.items() if n in FUNCTIONS)
