@@ -21,7 +21,17 @@ from edgefn.cli import CommandError
 
 #: keys a function reads that the platform sets, not the operator
 PLATFORM_KEYS = {
-    "AWS_LAMBDA_FUNCTION_NAME": "set by Lambda; the orchestrator's `INGEST_DRAIN_MODE=auto` drains inline there",
+    "AWS_LAMBDA_FUNCTION_NAME": "set by Lambda: the handler's import opens the connections (init); the "
+    "orchestrator's `INGEST_DRAIN_MODE=auto` drains inline there",
+    "AWS_LAMBDA_FUNCTION_VERSION": "set by Lambda: the `version` of log lines and Sentry's release",
+    "K_REVISION": "set by Cloud Run: the `version` of log lines and Sentry's release",
+    "EDGEFN_SECRETS": "`aws-secretsmanager:<secret id>`: settings also read from that secret (a JSON object of "
+    "keys to values), once per process at init, after the environment (`shared/secrets.py`); the deploy files set it",
+    "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT": "the AWS Parameters and Secrets Lambda Extension's port; set, "
+    "`EDGEFN_SECRETS` is read through it",
+    "AWS_SESSION_TOKEN": "set by Lambda: authenticates the reads from the secrets extension",
+    "AWS_REGION": "set by Lambda: where `EDGEFN_SECRETS` is read from without the extension",
+    "AWS_DEFAULT_REGION": "the region of `EDGEFN_SECRETS` when `AWS_REGION` is not set",
 }
 
 HEADER = """\
