@@ -60,13 +60,18 @@ class PgBouncer:
             # psycopg sends these at connect; the pooler forwards none of them
             "ignore_startup_parameters = extra_float_digits,options,application_name\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
+            "log_connections = 0\n"
+            "log_disconnections = 0\n"
         )
         for f in self.dir.iterdir():
             f.chmod(0o644)
         cmd = [exe, str(ini)]
         if os.geteuid() == 0:
             cmd[1:1] = ["-u", "postgres"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its log goes to the file; stderr too, never to a pipe nobody drains (a full pipe
+        # blocks it: every later client then waits for a login that never completes)
+        self.stderr = (self.dir / "stderr.log").open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -74,7 +79,7 @@ class PgBouncer:
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    err = (self.dir / "stderr.log").read_text(errors="replace")
                     raise RuntimeError(f"pgbouncer did not start: {err}{self.log()}") from None
                 time.sleep(0.05)
         return make_conninfo(host="127.0.0.1", port=self.port, user=user, dbname=dbname)
@@ -91,4 +96,6 @@ class PgBouncer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            self.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -59,9 +59,10 @@ def _through_pgbouncer(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that uses the database is a `pgbouncer` test too (before `-m` selects)."""
+    """Every test that uses the database is a `pgbouncer` test too (before `-m` selects),
+    except those about the server processes behind their own connections (`direct_postgres`)."""
     for item in items:
-        if "database_url" in getattr(item, "fixturenames", ()):
+        if "database_url" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("direct_postgres"):
             item.add_marker(pytest.mark.pgbouncer)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 
 from shared.db import Database
 
 
+@pytest.mark.direct_postgres  # kills its connections' backends; behind a pooler they are shared
 async def test_idle_connections_the_server_closed_are_not_lent(database_url: str) -> None:
     db = Database(database_url, max_size=3)
     try:
