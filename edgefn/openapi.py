@@ -68,6 +68,8 @@ def build() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for fn in apps:
         for route in fn.routes:
+            if "internal" in route.tags:
+                continue  # the scheduler's route: platform plumbing, not the clients' API
             path = fn.base + ("" if route.path == "/" else route.path)
             path = path.replace(":int}", "}").replace(":str}", "}").replace(":path}", "}")
             op: dict[str, Any] = {
