@@ -305,7 +305,8 @@ async def test_realtime_batches_respect_the_batch_size_in_order(
     database_url: str, fake: ProviderFake, make_orchestrator: Any
 ) -> None:
     users = [await create_user(database_url) for _ in range(5)]
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+    # no prepared statements: a pooler in transaction mode (pytest -m pgbouncer) cannot keep them
+    async with await psycopg.AsyncConnection.connect(database_url, prepare_threshold=None) as conn:
         async with conn.transaction():
             for i in range(50):
                 await conn.execute("select public.enqueue_event('like.received', %s::jsonb, %s::uuid[])",
