@@ -28,11 +28,9 @@ import os
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -64,30 +62,6 @@ for event in json.loads(sys.argv[3]):
                             "code": (json.loads(r["body"]).get("error") or {}).get("code") if r.get("body") else None})
 sys.stdout.write("RESULT " + json.dumps(out) + "\n")
 """
-
-
-class _JWKS:
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        body = json.dumps(jwks).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth/v1/.well-known/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _event(route: str, method: str, path: str, *, token: str | None = None, body: str = "",
@@ -126,6 +100,7 @@ def environment(users: int = 50) -> Iterator[dict[str, Any]]:
     import psycopg
 
     from bench.harness import scratch_database, services
+    from edgefn.jwks_server import JWKSServer
     from edgefn.pgbouncer import PgBouncer
     from edgefn.seed import seed, user_id
     from edgefn.tokens import _new_private_jwk, mint, public_jwks
@@ -138,7 +113,7 @@ def environment(users: int = 50) -> Iterator[dict[str, Any]]:
         bouncer = PgBouncer(dsn)
         bridge = BridgeServer(svc.redis_url, token="bench-upstash-token")
         key = _new_private_jwk()
-        jwks = _JWKS(public_jwks(key))
+        jwks = JWKSServer(public_jwks(key))
         try:
             pooled = bouncer.start()
             bridge_url = bridge.start()

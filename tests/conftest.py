@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from edgefn.jwks_server import JWKSServer
 
 os.environ.setdefault("EDGEFN_ACCESS_LOG", "0")
 
@@ -159,37 +159,6 @@ def signing_key() -> dict[str, Any]:
     from edgefn.tokens import _new_private_jwk
 
     return _new_private_jwk()
-
-
-class JWKSServer:
-    """A local HTTP server that serves a JWKS and counts what it was asked."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.jwks = jwks
-        self.hits = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                outer.hits += 1
-                body = json.dumps(outer.jwks).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth/v1/.well-known/jwks.json"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="session")
