@@ -89,6 +89,11 @@ def database_url(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[
 
             bouncer = PgBouncer(dsn)
             dsn = bouncer.start()
+            # the tests' own helper connections prepare no statements either: psycopg's
+            # default prepares after 5 runs of a query, which a transaction pooler cannot keep
+            # (the functions' pool already runs with prepare_threshold=None)
+            for cls in (psycopg.Connection, psycopg.AsyncConnection):
+                cls.connect.__func__.__kwdefaults__["prepare_threshold"] = None  # type: ignore[attr-defined]
         yield dsn
     finally:
         if bouncer is not None:
