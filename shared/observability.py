@@ -125,6 +125,8 @@ class _Sentry:
         with self._lock:
             import sentry_sdk  # lazy: ~150 ms of import we only pay when configured
 
+            from shared.scrub import sentry_options
+
             if not self._initialised:
                 integrations = []
                 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
@@ -136,10 +138,10 @@ class _Sentry:
                 sentry_sdk.init(
                     dsn=self.dsn,
                     traces_sample_rate=self.traces_sample_rate,
-                    send_default_pii=False,
                     environment=self.environment,
                     release=VERSION,
                     integrations=integrations,
+                    **sentry_options(),  # no locals, no PII, every event scrubbed
                 )
                 self._initialised = True
             return sentry_sdk
