@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +21,26 @@ from edgefn.tokens import public_jwks
 from tests.conftest import ISSUER, KEY_PREFIX
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A uvicorn process on a port it picks itself (port 0), read back from its start-up
+    line: a port chosen here and handed over could be taken in between by another test
+    run on the same machine, whose server would then answer for ours."""
+    proc = subprocess.Popen(
+        # keep-alive longer than a slow machine's pause between warm-up and burst, so the
+        # client never reuses a connection the server already closed
+        [sys.executable, "-m", "uvicorn", "tests.apps.limited:app", "--port", "0", "--log-level", "info",
+         "--no-access-log", "--timeout-keep-alive", "120"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for raw in proc.stderr:  # until the start-up line (a dead process ends the loop)
+        line = raw.decode(errors="replace")
+        seen.append(line)
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return proc, found.group(1)
+    raise AssertionError("server did not start: " + "".join(seen))
 
 
 @pytest.fixture
@@ -45,30 +60,13 @@ def servers(backend: str, redis_url: str, bridge: Any, signing_key: dict[str, An
     else:
         env["UPSTASH_REDIS_REST_URL"] = bridge.base_url
         env["UPSTASH_REDIS_REST_TOKEN"] = bridge.token
-    ports = [free_port() for _ in range(3)]
-    procs = [
-        subprocess.Popen(
-            # keep-alive longer than a slow machine's pause between warm-up and burst, so the
-            # client never reuses a connection the server already closed
-            [sys.executable, "-m", "uvicorn", "tests.apps.limited:app", "--port", str(p), "--log-level", "warning",
-             "--timeout-keep-alive", "120"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        for p in ports
-    ]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 90  # generous: a loaded CI machine starts processes slowly
-        for url, proc in zip(urls, procs):
-            while True:
-                try:
-                    if httpx.get(url + "/functions/v1/limited/nothing").status_code == 404:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        urls = []
+        for _ in range(3):
+            proc, url = start_server(env)
+            procs.append(proc)
+            urls.append(url)
         yield urls
     finally:
         for proc in procs:
