@@ -14,6 +14,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,38 @@ async def client_for(base_env: dict[str, Any]) -> AsyncIterator[Callable[..., ht
     for services, client in opened:
         await client.aclose()
         await services.aclose()
+
+
+# -- the clock on awkward dates -------------------------------------------------------------
+
+#: instants where calendars bite. `today` is the real clock; the rest travel there (and tick
+#: on from there). The database's now() does not move: code under test takes its time from
+#: the function's clock (`Services.clock`), never from the database, so these dates reach it.
+EDGE_INSTANTS: dict[str, str | None] = {
+    "today": None,
+    "sixth-of-a-31-day-month": "2026-12-06T12:00:00+00:00",
+    "month-end": "2027-01-31T23:58:00+00:00",  # minutes of margin: the clock ticks
+    "year-end": "2026-12-31T23:58:00+00:00",
+    "month-start": "2027-03-01T00:00:30+00:00",
+    "february-28": "2027-02-28T23:58:00+00:00",
+    "leap-day": "2028-02-29T12:00:00+00:00",
+    "us-dst-starts": "2027-03-14T07:30:00+00:00",  # 03:30 EDT, an hour after the jump
+    "eu-dst-ends": "2026-10-25T01:30:00+00:00",  # 02:30 CET, after the repeated hour
+}
+
+
+@pytest.fixture(params=list(EDGE_INSTANTS))
+def on_edge_dates(request: pytest.FixtureRequest) -> Iterator[datetime]:
+    """Runs the test once per instant of EDGE_INSTANTS, the process clock set there (ticking);
+    yields that instant."""
+    import time_machine
+
+    when = EDGE_INSTANTS[request.param]
+    if when is None:
+        yield datetime.now(UTC)
+        return
+    with time_machine.travel(datetime.fromisoformat(when), tick=True):
+        yield datetime.now(UTC)
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the same entries as the GET of the same parameters, with stale-on-error.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,9 @@ if TYPE_CHECKING:
 #: 5 minutes, as the apps' clients expect; writes bump the version before that (README.md)
 CACHE = CachePolicy(ttl=300, version=lambda ctx: version_scope(ctx.user_id))
 
-DASHBOARD_SQL = "select public.spending_dashboard(%s, %s, %s)::text as dashboard"
+#: the time comes from the function's clock (`services.clock`), not the database's: one clock
+#: for the periods, `generated_at` and the cache, and tests can move it
+DASHBOARD_SQL = "select public.spending_dashboard(%s, %s, %s, %s)::text as dashboard"
 ANALYTICS_TIERS = frozenset({"paid", "admin"})
 #: what the handler adds to the metadata, stored with the cached data
 OWN_METADATA = ("user_tier", "generated_at")
@@ -41,15 +42,16 @@ async def load(ctx: RequestContext, query: DashboardQuery) -> orjson.Fragment:
     _caller(ctx)
     settings: Any = ctx.settings
     analytics = query.include_analytics and ctx.tier in ANALYTICS_TIERS
+    now = datetime.fromtimestamp(ctx.services.clock(), UTC)
     row = await ctx.services.db.fetchrow(
         DASHBOARD_SQL,
-        (query.range, analytics, settings.dashboard_default_monthly_budget),
+        (query.range, analytics, settings.dashboard_default_monthly_budget, now),
         principal=ctx.principal,
         read_only=settings.dashboard_use_read_replica,
     )
     assert row is not None  # a scalar function always returns a row
     ctx.metadata["user_tier"] = ctx.tier
-    ctx.metadata["generated_at"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ctx.metadata["generated_at"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if ctx.state.get("cache_bypass"):  # Redis is down: the pipeline serves this uncached
         ctx.metadata["cache_status"] = "bypass"
     return orjson.Fragment(row["dashboard"])
@@ -65,13 +67,17 @@ async def load_cached(ctx: RequestContext, query: DashboardQuery, get_route: str
     version_key, entry_key, _ = cache.keys_for(get_route, user_id, query.model_dump(mode="json"), version_scope(user_id))
     version: str | None = None
     entry = None
+    now_ms = 0
     if not ctx.state.get("cache_bypass"):  # Redis already failed this request
         try:
-            version, raw = await ctx.services.kv.pipeline([["GET", version_key], ["GET", entry_key]])
+            # the cache's clock is Redis's, as in the GET path (the limiter's script reads TIME)
+            version, raw, (secs, micros) = await ctx.services.kv.pipeline(
+                [["GET", version_key], ["GET", entry_key], ["TIME"]]
+            )
             entry = decode_entry(raw if isinstance(raw, str) else None)
+            now_ms = int(secs) * 1000 + int(micros) // 1000
         except KVUnavailable:
             ctx.state["cache_bypass"] = True
-    now_ms = int(time.time() * 1000)
     version = version if isinstance(version, str) else None
     if entry is not None and entry.is_fresh(version, now_ms):
         return _serve_entry(ctx, entry.payload, "hit")

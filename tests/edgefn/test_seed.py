@@ -205,3 +205,20 @@ def test_a_failed_load_leaves_every_index_in_place(fresh_db: Callable[[], str], 
         seed(dsn, N, anchor=ANCHOR)
     assert indexes(dsn) == before
     assert one(dsn, "select count(*) from public.profiles") == 0
+
+
+@pytest.mark.parametrize("anchor", [
+    datetime(2028, 2, 29, 23, tzinfo=UTC),  # a leap day: birthdays and "a year ago" bite here
+    datetime(2027, 3, 31, 0, tzinfo=UTC),  # a month end whose previous month is shorter
+    datetime(2027, 1, 1, 0, tzinfo=UTC),  # the first hour of a year
+])
+def test_seed_on_awkward_anchors(fresh_db: Callable[[], str], anchor: datetime) -> None:
+    dsn = fresh_db()
+    counts = seed(dsn, 60, anchor=anchor)
+    assert counts["auth.users"] == 60
+    assert one(dsn, "select max(purchased_at) <= %s from public.purchases", anchor)
+    # adults only, whatever the day: ages are counted by the calendar from the anchor
+    youngest = one(dsn, "select max(birthdate) from public.profiles")
+    assert youngest <= anchor.date().replace(year=anchor.year - 18, day=28 if anchor.month == 2 else anchor.day)
+    demo_recent = "select count(*) from public.purchases where user_id = %s and purchased_at > %s::timestamptz - interval '30 days'"
+    assert one(dsn, demo_recent, DEMO_USER_ID, anchor) >= 4

@@ -66,7 +66,7 @@ async def test_a_token_with_no_user_rows_at_all(dash: Any, make_token: Any) -> N
     assert r.status_code == 200 and r.json()["data"]["user_stats"]["currency"] == "USD"
 
 
-async def test_the_whole_dashboard(dash: Any, database_url: str, make_token: Any) -> None:
+async def test_the_whole_dashboard(dash: Any, database_url: str, make_token: Any, on_edge_dates: datetime) -> None:
     uid = await f.create_user(database_url, tier="paid", monthly_budget=Decimal("999"))
     twin_a = await f.add_artist(database_url, "Ji", "Novawave")
     twin_b = await f.add_artist(database_url, "Ji", "Starlight")  # same name, another artist
@@ -134,7 +134,7 @@ async def test_the_whole_dashboard(dash: Any, database_url: str, make_token: Any
     assert a["month_over_month"]["last_month_total"] == "30.00"
 
 
-async def test_ranges(dash: Any, database_url: str, make_token: Any) -> None:
+async def test_ranges(dash: Any, database_url: str, make_token: Any, on_edge_dates: datetime) -> None:
     uid = await f.create_user(database_url)
     now = datetime.now(UTC)
     dated = [
@@ -170,7 +170,7 @@ async def test_analytics_are_for_paid_and_admin_only(dash: Any, database_url: st
     assert "analytics" not in (await dash(make_token(free, tier="paid"))).json()["data"]
 
 
-async def test_post_for_existing_clients(dash: Any, database_url: str, make_token: Any) -> None:
+async def test_post_for_existing_clients(dash: Any, database_url: str, make_token: Any, on_edge_dates: datetime) -> None:
     uid = await f.create_user(database_url)
     await f.add_purchase(database_url, uid, "3.30", purchased_at=datetime.now(UTC) - timedelta(hours=1))
     token = make_token(uid)
