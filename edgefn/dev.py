@@ -32,7 +32,6 @@ from edgefn.cli import CommandError
 if TYPE_CHECKING:
     from edgefn.apidocs import APIDocs
     from shared.app import FunctionApp
-    from shared.services import Services
 
 DEFAULT_PORT = 8000
 DEFAULT_DATA_DIR = ".edgefn"
@@ -78,13 +77,9 @@ class LocalGateway:
     unchanged, to that function's app; the JWKS is served at `JWKS_PATH`, the API docs at
     `/docs` when given; anything else is a 404 envelope like the functions'."""
 
-    def __init__(
-        self, apps: dict[str, Any], jwks: dict[str, Any], services: list[Services] | None = None,
-        docs: APIDocs | None = None,
-    ) -> None:
+    def __init__(self, apps: dict[str, Any], jwks: dict[str, Any], docs: APIDocs | None = None) -> None:
         self.apps = apps
         self.jwks = jwks
-        self.services = services or []
         self.docs = docs
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -130,7 +125,7 @@ class LocalGateway:
     async def _lifespan(self, receive: Any, send: Any) -> None:
         from shared.app import lifespan
 
-        await lifespan(receive, send, self.services)
+        await lifespan(receive, send, self.apps.values())
 
 
 # -- checks on configured services ---------------------------------------------------------
@@ -362,10 +357,10 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
             explicit["redis_url"] = redis_url
         if not env.get("CORS_ORIGINS"):
             explicit["cors_origins"] = DEFAULT_CORS_ORIGINS
-        apps, services = _configure_functions(explicit)
+        apps = _configure_functions(explicit)
         from edgefn.apidocs import APIDocs
 
-        gateway = LocalGateway(apps, jwks, services, docs=APIDocs(base))
+        gateway = LocalGateway(apps, jwks, docs=APIDocs(base))
         token = mint(jwk, user_id=DEMO_USER_ID, tier=DEMO_TIER, expires_in=DEMO_TOKEN_SECONDS)
         service_token = mint(jwk, user_id="service_role", role="service_role", tier=None, expires_in=DEMO_TOKEN_SECONDS)
 
@@ -394,13 +389,12 @@ def _check_storage_settings() -> None:
         raise CommandError(f"upload-media: {exc}") from None
 
 
-def _configure_functions(explicit: dict[str, Any]) -> tuple[dict[str, FunctionApp], list[Services]]:
+def _configure_functions(explicit: dict[str, Any]) -> dict[str, FunctionApp]:
     from functions import FUNCTIONS
     from shared.services import Services
     from shared.settings import ConfigError
 
     apps: dict[str, FunctionApp] = {}
-    services: list[Services] = []
     for name, module in FUNCTIONS.items():
         fn = importlib.import_module(module).app
         try:
@@ -410,8 +404,7 @@ def _configure_functions(explicit: dict[str, Any]) -> tuple[dict[str, FunctionAp
         svc = Services(settings)
         fn.configure(settings=settings, services=svc)
         apps[name] = fn
-        services.append(svc)
-    return apps, services
+    return apps
 
 
 def _banner(

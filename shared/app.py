@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class FunctionApp:
         #: the services the function needs (its deep health checks them; init connects to
         #: Postgres and Redis among them): set by `shared.health.add_health_route`
         self.dependencies: tuple[str, ...] = ()
+        #: the function's package (`functions.upload_media`): what a server imports at start-up
+        self.package = sys._getframe(1).f_globals.get("__package__") or ""
         self.emf = EMF(name)
 
     # -- registration -------------------------------------------------------------------
@@ -172,9 +175,25 @@ class FunctionApp:
         await self._stack(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        # a container (Cloud Run) connects before it reports started: its startup probe
-        # waits, and no request pays for a connection being set up
-        await lifespan(receive, send, [self], startup=self.warm)
+        # a container (Cloud Run) prepares and connects before it reports started: its
+        # startup probe waits, and no request pays for an import or a connection
+        await lifespan(receive, send, [self])
+
+    async def start(self) -> None:
+        """A server's start-up (the ASGI lifespan), before its first request: in worker
+        threads, import what the function imports lazily (`shared.warmup`) and build what is
+        slow to build (TLS contexts, boto3's client); then `warm` (connections, keys).
+        Lambda runs `warm` alone at init: there one request at a time pays a lazy import."""
+        from shared import warmup
+
+        if self.package:
+            # not what this deployment cannot reach: storage without the dependency, Sentry without a DSN
+            skip = {"shared.storage"} if "storage" not in self.dependencies else set()
+            if not getattr(self.settings, "sentry_dsn", None):
+                skip.add("sentry_sdk")
+            await asyncio.to_thread(warmup.import_everything, self.package, frozenset(skip))
+        await self.services.start(self.dependencies)
+        await self.warm()
 
     async def aclose(self) -> None:
         """Shutdown: the last metrics, then the connections."""
@@ -407,21 +426,24 @@ class FunctionApp:
         )
 
 
-async def lifespan(
-    receive: Any, send: Any, services: Any, startup: Callable[[], Awaitable[None]] | None = None
-) -> None:
-    """An ASGI lifespan: at startup run `startup` (a function's init), at shutdown close
-    each of `services` (an iterable, read then), none stopping the others."""
+async def lifespan(receive: Any, send: Any, apps: Any) -> None:
+    """An ASGI lifespan for one or more function apps: at startup each app's `start()`; a
+    failure there fails the start-up with its message (a malformed setting names its key).
+    At shutdown each app's `aclose()`, none stopping the others."""
+    apps = list(apps)
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            if startup is not None:
-                await startup()
+            try:
+                await asyncio.gather(*(app.start() for app in apps))
+            except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
+                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            for s in services:
+            for app in apps:
                 try:
-                    await s.aclose()
+                    await app.aclose()
                 except Exception:  # noqa: BLE001 - shutting down anyway
                     pass
             await send({"type": "lifespan.shutdown.complete"})

@@ -180,9 +180,9 @@ class JWKSCache:
     async def _fetch(self) -> None:
         try:
             if self.http is None:
-                import httpx
+                from shared import tls
 
-                self.http = httpx.AsyncClient(timeout=self.timeout)
+                self.http = tls.client(timeout=self.timeout)
             async with asyncio.timeout(self.timeout):
                 resp = await self.http.get(self.url, timeout=self.timeout)
                 resp.raise_for_status()

@@ -28,7 +28,9 @@ async def _check(name: str, ctx: RequestContext) -> dict[str, Any]:
             elif name == "redis":
                 await ctx.services.kv.ping()
             elif name == "storage":
-                await asyncio.to_thread(ctx.services.storage.client.head_bucket, Bucket=ctx.services.storage.bucket)
+                storage = ctx.services.storage
+                # in the thread: the first call may build the client (boto3: ~250 ms)
+                await asyncio.to_thread(lambda: storage.client.head_bucket(Bucket=storage.bucket))
         status = "up"
     except (Exception, TimeoutError) as exc:  # a health check reports, it never raises
         status = f"down: {getattr(exc, 'code', type(exc).__name__)}"
@@ -41,7 +43,7 @@ class HealthQuery(BaseModel):
 
 
 def add_health_route(fn: FunctionApp, dependencies: tuple[str, ...] = ("database", "redis")) -> None:
-    fn.dependencies = dependencies  # what init connects to (`FunctionApp.warm`)
+    fn.dependencies = dependencies  # what init connects to (`FunctionApp.start`, `FunctionApp.warm`)
 
     @fn.get("/health", auth="public", query=HealthQuery, summary="Liveness; ?deep=1 (service secret) checks dependencies", tags=("health",))
     async def health(ctx: RequestContext) -> Any:

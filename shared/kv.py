@@ -2,8 +2,7 @@
 
 - `RedisKV`: Redis over TCP through `shared.resp` (an asyncio protocol + hiredis; Cloud Run,
   local, ElastiCache);
-- `UpstashKV`: the upstash-redis asyncio client's HTTP transport over REST (Lambda), with
-  its 3 s retry sleep turned off.
+- `UpstashKV`: Upstash's REST API (Lambda), spoken directly over httpx.
 
 Both speak the same `execute(*args)` / `pipeline(commands)` / `eval(script, keys, args)`
 surface and return Redis's raw RESP2 replies the same way on both: bulk and status strings
@@ -16,7 +15,7 @@ fail-closed. Neither backend retries inside a call; the next call reconnects.
 Scripts run by EVALSHA with a NOSCRIPT fallback to EVAL: one round trip when loaded.
 
 The backends' libraries are imported only when a backend is built: importing this module
-pulls in neither hiredis nor upstash-redis.
+pulls in neither hiredis nor httpx.
 """
 
 from __future__ import annotations
@@ -198,48 +197,47 @@ class _UpstashHTTPError(Exception):
 
 
 class UpstashKV(KV):
-    """Upstash over REST. Commands go through the upstash-redis client's HTTP session and
-    headers (token, base64 encoding, read-your-writes sync token) but not its command
-    layer, which reshapes replies per command and raises on the first error in a pipeline.
-    The status code is checked: 400 carries a command error, other errors are outages."""
+    """Upstash over its REST API (https://upstash.com/docs/redis/features/restapi), spoken
+    directly: a command is a JSON array POSTed to the URL, a pipeline a JSON array of them
+    POSTed to `/pipeline`; `Authorization: Bearer <token>`; replies are `{"result": ...}` or
+    `{"error": "..."}`, base64-encoded as `Upstash-Encoding: base64` asks (so any bytes
+    survive JSON); read-your-writes by echoing the last `Upstash-Sync-Token` seen.
+
+    Not through the upstash-redis package: its public API reshapes replies per command,
+    raises on the first error of a pipeline, reads no status code (a wrong token would look
+    like a command error), retries by sleeping, and builds its own HTTPS client, with a new
+    TLS context, on the event loop. Tests run this class against `edgefn/upstash_bridge.py`,
+    which upstash-redis's own client is also tested against, and check its decoding against
+    upstash-redis's."""
 
     def __init__(self, url: str, token: str, **kw: Any) -> None:
         super().__init__(**kw)
-        from upstash_redis.asyncio import Redis
+        from shared import tls
 
-        # no in-request retry sleeps (default: 1 retry after 3 s); our deadline bounds every call
-        self.client = Redis(url, token, rest_retries=0, rest_retry_interval=0, allow_telemetry=False)
         self.url = url.rstrip("/")
-
-    def _raise_for(self, exc: Exception) -> None:
-        from upstash_redis.errors import UpstashError
-
-        if isinstance(exc, UpstashError):
-            raise KVCommandError(str(exc)) from exc
+        self.headers = {"Authorization": f"Bearer {token}", "Upstash-Encoding": "base64"}
+        # no client timeout: every call runs under the KV deadline
+        self.client = tls.client(timeout=None)
 
     async def _post(self, path: str, body: Any) -> Any:
-        client = self.client
-        client._maybe_set_sync_token_header(client._headers)
-        r = await client._http._client.post(self.url + path, headers=client._headers, json=body)
+        r = await self.client.post(self.url + path, headers=self.headers, json=body)
         sync_token = r.headers.get("upstash-sync-token")
         if sync_token:
-            client._update_sync_token(sync_token)
-        if r.status_code != 200 and r.status_code != 400:
+            self.headers["Upstash-Sync-Token"] = sync_token
+        if r.status_code != 200 and r.status_code != 400:  # 400 carries a command error
             raise _UpstashHTTPError(f"HTTP {r.status_code}")
         try:
             return r.json()
         except ValueError as exc:
             raise _UpstashHTTPError(f"HTTP {r.status_code}: not JSON") from exc
 
-    def _reply(self, obj: Any) -> Any:
-        from upstash_redis.http import decode
-
+    @staticmethod
+    def _reply(obj: Any) -> Any:
         if not isinstance(obj, dict):
             raise _UpstashHTTPError("unexpected reply shape")
         if obj.get("error") is not None:
             return KVCommandError(str(obj["error"]))
-        result = obj.get("result")
-        return decode(result) if self.client._headers.get("Upstash-Encoding") == "base64" else result
+        return decode_base64_reply(obj.get("result"))
 
     async def _execute(self, args: list[str]) -> Any:
         reply = self._reply(await self._post("", args))
@@ -256,7 +254,26 @@ class UpstashKV(KV):
         return [self._reply(r) for r in replies]
 
     async def aclose(self) -> None:
-        await self.client.close()
+        await self.client.aclose()
+
+
+def decode_base64_reply(raw: Any) -> Any:
+    """A base64-encoded REST reply, decoded: strings are base64 (but the status "OK", which
+    Upstash leaves as it is), integers and nil as they are, arrays element by element."""
+    if isinstance(raw, str):
+        if raw == "OK":
+            return raw
+        import base64
+
+        try:
+            return base64.b64decode(raw, validate=True).decode()
+        except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            raise _UpstashHTTPError("a reply that is not base64") from exc
+    if isinstance(raw, list):
+        return [decode_base64_reply(v) for v in raw]
+    if raw is None or isinstance(raw, int):
+        return raw
+    raise _UpstashHTTPError(f"unexpected reply type {type(raw).__name__}")
 
 
 def kv_from_settings(s: CoreSettings) -> KV:

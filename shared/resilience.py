@@ -135,7 +135,9 @@ class OutboundHTTP:
         if self._client is None:
             import httpx
 
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.default_timeout, connect=2.0))
+            from shared import tls
+
+            self._client = tls.client(timeout=httpx.Timeout(self.default_timeout, connect=2.0))
         return self._client
 
     def breaker(self, provider: str) -> CircuitBreaker:

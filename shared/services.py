@@ -102,7 +102,9 @@ class Services:
         if self._http is None:
             import httpx
 
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+            from shared import tls
+
+            self._http = tls.client(timeout=httpx.Timeout(5.0, connect=2.0))
         return self._http
 
     @property
@@ -116,6 +118,33 @@ class Services:
                 reset_timeout=self.settings.breaker_reset_seconds,
             )
         return self._outbound
+
+    async def start(self, dependencies: tuple[str, ...] = ()) -> None:
+        """Build, in a worker thread, what is slow to build, so that no request builds it on
+        the event loop: the TLS context of outbound HTTPS (45-70 ms) and, for a function
+        that uses storage, boto3's S3 client (~250 ms with its import). Called once at
+        start-up (the ASGI lifespan); anything not built here is still built on first use."""
+        import asyncio
+
+        await asyncio.to_thread(self._build_slow_clients, dependencies)
+
+    def _build_slow_clients(self, dependencies: tuple[str, ...]) -> None:
+        from shared import tls
+
+        tls.warm()
+        # what the first request would otherwise import on the loop (the cold-start budget
+        # keeps these imports lazy at module level; a server imports them here)
+        if "database" in dependencies:
+            import psycopg_pool  # noqa: F401
+
+            import shared.db  # noqa: F401
+        if "redis" in dependencies:
+            from shared.kv import kv_from_settings  # noqa: F401
+        if "storage" in dependencies:
+            try:
+                _ = self.storage.client
+            except ConfigError:  # not configured: its routes answer STORAGE_NOT_CONFIGURED
+                pass
 
     async def aclose(self) -> None:
         if self._db is not None:

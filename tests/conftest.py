@@ -285,3 +285,33 @@ def on_edge_dates(request: pytest.FixtureRequest) -> Iterator[datetime]:
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())  # type: ignore[no-any-return]
+
+
+# -- nothing blocks the event loop ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loop_watch() -> Iterator[Any]:
+    """Every callback the event loop runs is timed for the whole run (tests/loopwatch.py)."""
+    from shared import tls
+    from shared.services import Services
+    from shared.settings import CoreSettings
+    from tests import loopwatch
+
+    # what a server's start-up does (FunctionApp.start) before its first request
+    Services(CoreSettings())._build_slow_clients(("database", "redis", "storage"))
+    tls.warm()
+    with loopwatch.watching() as watch:
+        yield watch
+
+
+@pytest.fixture(autouse=True)
+def _nothing_blocks_the_loop(request: pytest.FixtureRequest, _loop_watch: Any) -> Iterator[None]:
+    """Fails a test during which any callback held the loop for SLOW_S or more (time spent
+    waiting for a CPU not counted). `@pytest.mark.blocks_loop(reason)` exempts a test that
+    blocks on purpose."""
+    before = len(_loop_watch.hits)
+    yield
+    hits = _loop_watch.hits[before:]
+    if hits and request.node.get_closest_marker("blocks_loop") is None:
+        pytest.fail("the event loop was blocked:\n" + "\n".join(hits[:5]), pytrace=False)

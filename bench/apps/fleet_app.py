@@ -45,8 +45,7 @@ def _counters(apps: dict[str, Any]) -> dict[str, int]:
 
 class FleetApp(LocalGateway):
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        # each function's services, read at shutdown (they are built on first use)
-        await lifespan(receive, send, (fn._services for fn in self.apps.values() if fn._services is not None))
+        await lifespan(receive, send, self.apps.values())
 
     async def _local(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
         if path == "/bare":  # the floor: no middleware, no I/O, as a bare Starlette route

@@ -248,6 +248,7 @@ class FcmSender:
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = asyncio.Lock()
+        self._key: Any = None
 
     def assertion(self) -> str:
         import jwt
@@ -256,7 +257,11 @@ class FcmSender:
         claims = {"iss": self.account["client_email"], "scope": self.scope, "aud": self.token_url,
                   "iat": now, "exp": now + 3600}
         headers = {"kid": self.account["private_key_id"]} if self.account.get("private_key_id") else None
-        return jwt.encode(claims, self.account["private_key"], algorithm="RS256", headers=headers)
+        if self._key is None:  # parsing an RSA key takes tens of milliseconds: once
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            self._key = load_pem_private_key(self.account["private_key"].encode(), password=None)
+        return jwt.encode(claims, self._key, algorithm="RS256", headers=headers)
 
     async def access_token(self) -> str | Result:
         if self._token and self.clock() < self._token_expires:
@@ -266,7 +271,9 @@ class FcmSender:
                 return self._token
             resp, failed, ms = await _call(
                 self.outbound, "google-oauth", "POST", self.token_url, timeout=self.timeout,
-                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self.assertion()},
+                # in a thread: the first call parses the key (not on the event loop)
+                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                      "assertion": await asyncio.to_thread(self.assertion)},
             )
             if failed is not None:
                 return failed
@@ -481,7 +488,9 @@ def _http2_outbound(shared_outbound: OutboundHTTP, timeout: float) -> OutboundHT
         import h2  # noqa: F401  (httpx needs it for HTTP/2; a runtime dependency)
     except ImportError as exc:  # pragma: no cover - only when installed without it
         raise ConfigError("APNs needs the h2 package (httpx[http2])") from exc
-    client = httpx.AsyncClient(http1=False, http2=True, timeout=httpx.Timeout(timeout, connect=2.0, read=None))
+    from shared import tls
+
+    client = tls.client(http1=False, http2=True, timeout=httpx.Timeout(timeout, connect=2.0, read=None))
     out = OutboundHTTP(client, default_timeout=timeout, failure_threshold=shared_outbound.failure_threshold,
                        reset_timeout=shared_outbound.reset_timeout, clock=shared_outbound.clock, multiplexed=True)
     out.breakers = shared_outbound.breakers

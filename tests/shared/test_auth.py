@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -110,7 +111,7 @@ async def test_rs256_from_inline_jwks() -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from jwt.algorithms import RSAAlgorithm
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = await asyncio.to_thread(rsa.generate_private_key, public_exponent=65537, key_size=2048)
     pub = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
     pub.update({"kid": "rsa-1", "alg": "RS256", "use": "sig"})
     v = TokenVerifier(CoreSettings.load(env={}, jwt_issuer=ISSUER, supabase_jwks=json.dumps({"keys": [pub]})))

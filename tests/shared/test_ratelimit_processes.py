@@ -75,6 +75,7 @@ def servers(backend: str, redis_url: str, bridge: Any, signing_key: dict[str, An
             proc.wait(10)
 
 
+@pytest.mark.blocks_loop("this loop is the load generator: 300 concurrent requests to the three server processes under test")
 async def test_exactly_the_limit_is_admitted_across_three_processes(servers: list[str], make_token: Any) -> None:
     token = make_token(str(uuid.uuid4()), tier="free")
     headers = {"Authorization": f"Bearer {token}"}

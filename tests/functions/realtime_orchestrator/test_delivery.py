@@ -462,7 +462,9 @@ async def test_apns_gets_its_own_http2_only_client_sharing_the_breakers(orch_set
     from shared.resilience import OutboundHTTP
 
     settings = RealtimeOrchestratorSettings.load(env={}, **orch_settings)
-    async with httpx.AsyncClient() as plain:
+    from shared import tls
+
+    async with tls.client() as plain:
         shared_out = OutboundHTTP(plain, failure_threshold=2, reset_timeout=7.0)
         sender = apns_from_settings(settings, shared_out, clock=lambda: 0.0)
         assert sender is not None and sender.outbound is not shared_out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
@@ -15,10 +16,11 @@ from tests.functions.realtime_orchestrator.conftest import FakeClock, add_device
 from tests.functions.realtime_orchestrator.fakes import ProviderFake
 
 
-def run(*argv: str) -> int:
+async def run(*argv: str) -> int:
+    """The command, run in a thread as a user runs it: its own blocking connection, off the loop."""
     parser = argparse.ArgumentParser(prog="edgefn outbox")
     outbox_cli.add_arguments(parser)
-    return outbox_cli.run(parser.parse_args(list(argv)))
+    return await asyncio.to_thread(outbox_cli.run, parser.parse_args(list(argv)))
 
 
 async def test_dead_letters_are_visible_and_can_be_requeued(
@@ -33,31 +35,31 @@ async def test_dead_letters_are_visible_and_can_be_requeued(
     push = next(r for r in await deliveries(database_url, event_id) if r["channel"] == "push")
     assert push["status"] == "dead"
 
-    assert run("status", "--database-url", database_url) == 0
+    assert await run("status", "--database-url", database_url) == 0
     text = capsys.readouterr().out
     assert f"#{push['id']} push message.received" in text and "after 1 attempts: fcm: INTERNAL" in text
-    assert run("status", "--database-url", database_url, "--json", "--dead", "500") == 0
+    assert await run("status", "--database-url", database_url, "--json", "--dead", "500") == 0
     status = json.loads(capsys.readouterr().out)
     assert status["deliveries"]["push"]["dead"] >= 1
     assert push["id"] in [d["id"] for d in status["dead_letters"]]
 
     # the provider is fixed: requeue, drain, delivered once
     fake.mode["fcm"] = "ok"
-    assert run("requeue", "--database-url", database_url, "--id", str(push["id"])) == 0
+    assert await run("requeue", "--database-url", database_url, "--id", str(push["id"])) == 0
     assert "requeued 1 dead delivery" in capsys.readouterr().out
     clock.advance(1)
     await orch.drain(budget=5)
     assert len([p for p in fake.pushes() if p["token"] == token]) == 1
     assert next(r for r in await deliveries(database_url, event_id) if r["channel"] == "push")["status"] == "sent"
-    assert run("requeue", "--database-url", database_url, "--id", str(push["id"])) == 0  # sent: untouched
+    assert await run("requeue", "--database-url", database_url, "--id", str(push["id"])) == 0  # sent: untouched
     assert "requeued 0" in capsys.readouterr().out
 
 
-def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with pytest.raises(CommandError, match="DATABASE_URL is not set"):
-        run("status")
+        await run("status")
     with pytest.raises(CommandError, match="say what"):
-        run()
+        await run()
     with pytest.raises(CommandError, match="not a valid Postgres"):
-        run("status", "--database-url", "not a dsn ===")
+        await run("status", "--database-url", "not a dsn ===")

@@ -3,6 +3,7 @@ user, and `media`, which drives the function in process with real Postgres and R
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Iterator
@@ -44,13 +45,27 @@ def s3(s3_endpoint: str, base_env: dict[str, Any]) -> Iterator[Any]:
     client.close()
 
 
-def objects(s3: Any, prefix: str) -> dict[str, int]:
-    """key -> size of every object under `prefix`."""
-    out: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket_name, Prefix=prefix):
-        for o in page.get("Contents", []):
-            out[o["Key"]] = o["Size"]
-    return out
+async def head(s3: Any, key: str) -> dict[str, Any]:
+    """The object's HEAD (in a thread: boto3 blocks)."""
+    return await asyncio.to_thread(s3.head_object, Bucket=s3.bucket_name, Key=key)  # type: ignore[no-any-return]
+
+
+async def content(s3: Any, key: str) -> bytes:
+    """The object's bytes (in a thread: boto3 blocks)."""
+    return await asyncio.to_thread(lambda: s3.get_object(Bucket=s3.bucket_name, Key=key)["Body"].read())  # type: ignore[no-any-return]
+
+
+async def objects(s3: Any, prefix: str) -> dict[str, int]:
+    """key -> size of every object under `prefix` (boto3 is blocking: listed in a thread)."""
+
+    def listing() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket_name, Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"]] = o["Size"]
+        return out
+
+    return await asyncio.to_thread(listing)
 
 
 async def rows(dsn: str, owner: str) -> list[dict[str, Any]]:

@@ -61,4 +61,4 @@ def test_an_inline_upload_through_the_lambda_handler(base_env: dict[str, Any], m
     assert result["statusCode"] == 201, result["body"]
     key = json.loads(result["body"])["data"]["key"]
     assert key.startswith(f"products/{uid}/") and key.endswith(".webp")
-    assert objects(s3, key) == {key: len(data)}
+    assert asyncio.run(objects(s3, key)) == {key: len(data)}

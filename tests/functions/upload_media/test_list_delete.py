@@ -68,7 +68,7 @@ async def test_delete_removes_the_object_and_the_row(media: Media, user: User, s
     up = (await media.upload(user, smp.form(smp.sized(smp.PNG, 3000), bucket="avatars"))).json()["data"]
     r = await media.delete(user, up["id"])
     assert r.status_code == 200 and r.json()["data"] == {"id": up["id"], "deleted": True}
-    assert objects(s3, up["key"]) == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, up["key"]) == {} and await rows(database_url, user.id) == []
     assert (await media.list(user)).json()["data"]["items"] == []
     again = await media.delete(user, up["id"])
     assert again.status_code == 404 and error_code(again) == "MEDIA_NOT_FOUND"
@@ -82,7 +82,7 @@ async def test_someone_elses_id_is_a_404_like_a_missing_one(media: Media, new_us
     assert theirs.status_code == missing.status_code == 404
     assert error_code(theirs) == error_code(missing) == "MEDIA_NOT_FOUND"
     assert theirs.json()["error"]["message"] == missing.json()["error"]["message"]
-    assert objects(s3, up["key"]) == {up["key"]: 3000}
+    assert await objects(s3, up["key"]) == {up["key"]: 3000}
     assert [r["status"] for r in await rows(database_url, owner.id)] == ["stored"]
 
 
@@ -104,4 +104,4 @@ async def test_a_delete_that_cannot_reach_r2_can_be_retried(media_for: Any, user
     media = media_for()
     assert (await media.list(user)).json()["data"]["items"] == []
     assert (await media.delete(user, up["id"])).status_code == 200
-    assert objects(s3, up["key"]) == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, up["key"]) == {} and await rows(database_url, user.id) == []

@@ -15,11 +15,13 @@ import pytest
 
 from functions.upload_media.settings import MiB
 from tests.functions.upload_media import samples as smp
-from tests.functions.upload_media.conftest import KEY, Media, User, error_code, objects, rows
+from tests.functions.upload_media.conftest import KEY, Media, User, content, error_code, head, objects, rows
 
 
 async def put(url: str, headers: dict[str, str], data: bytes) -> httpx.Response:
-    async with httpx.AsyncClient() as c:
+    from shared import tls
+
+    async with tls.client() as c:
         return await c.put(url, content=data, headers={k: v for k, v in headers.items() if k != "Content-Length"})
 
 
@@ -34,7 +36,8 @@ async def presigned(media: Media, who: User, data: bytes, *, bucket: str = "vide
 
 
 async def test_the_url_signs_type_length_and_no_overwrite_and_expires_soon(media: Media, user: User) -> None:
-    d = await presigned(media, user, smp.sized(smp.MP4, 50 * MiB), filename="holiday.MP4")
+    big = await asyncio.to_thread(smp.sized, smp.MP4, 50 * MiB)  # 50 MiB of random bytes: off the loop
+    d = await presigned(media, user, big, filename="holiday.MP4")
     q = parse_qs(urlsplit(d["upload_url"]).query)
     signed = set(q["X-Amz-SignedHeaders"][0].split(";"))
     assert {"content-type", "content-length", "cache-control", "if-none-match", "host"} <= signed
@@ -59,8 +62,8 @@ async def test_presign_put_confirm_records_the_object_once(media: Media, user: U
     assert r.status_code == 200, r.text
     m = r.json()["data"]
     assert m["key"] == d["key"] and m["content_type"] == "video/quicktime" and m["size_bytes"] == len(data)
-    head = s3.head_object(Bucket=s3.bucket_name, Key=d["key"])
-    assert head["ContentType"] == "video/quicktime" and head["CacheControl"] == "public, max-age=31536000, immutable"
+    meta = await head(s3, d["key"])
+    assert meta["ContentType"] == "video/quicktime" and meta["CacheControl"] == "public, max-age=31536000, immutable"
     again = await media.confirm(user, d["key"])
     assert again.status_code == 200 and again.json()["data"]["id"] == m["id"]
     [row] = await rows(database_url, user.id)
@@ -84,7 +87,7 @@ async def test_a_second_put_to_the_same_url_cannot_overwrite(media: Media, user:
     d = await presigned(media, user, data, bucket="avatars", content_type="image/png")
     assert (await put(d["upload_url"], d["headers"], data)).status_code == 200
     assert (await put(d["upload_url"], d["headers"], smp.sized(smp.PNG, 1000))).status_code == 412
-    assert s3.get_object(Bucket=s3.bucket_name, Key=d["key"])["Body"].read() == data
+    assert await content(s3, d["key"]) == data
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,7 @@ async def test_bytes_that_are_not_the_signed_type_are_removed_at_confirm(
     r = await media.confirm(user, d["key"])
     assert r.status_code == 422 and error_code(r) == "UPLOAD_MISMATCH"
     assert "image/jpeg" in r.json()["error"]["message"]
-    assert objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
 
 
 async def test_a_stored_type_other_than_the_signed_one_is_removed(media: Media, user: User, s3: Any, database_url: str) -> None:
@@ -143,7 +146,7 @@ async def test_a_stored_type_other_than_the_signed_one_is_removed(media: Media, 
     await _put_raw(s3, d["key"], data, "text/html")  # what moto lets a PUT with the wrong header do
     r = await media.confirm(user, d["key"])
     assert r.status_code == 422 and error_code(r) == "UPLOAD_MISMATCH"
-    assert objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
 
 
 async def test_an_object_above_the_cap_is_removed_at_confirm(media_for: Any, user: User, s3: Any, database_url: str) -> None:
@@ -152,7 +155,7 @@ async def test_an_object_above_the_cap_is_removed_at_confirm(media_for: Any, use
     await _put_raw(s3, d["key"], smp.sized(smp.PNG, 9000), "image/png")  # longer than signed: moto does not mind
     r = await media.confirm(user, d["key"])
     assert r.status_code == 422 and error_code(r) == "UPLOAD_MISMATCH" and "cap" in r.json()["error"]["message"]
-    assert objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, d["key"]) == {} and await rows(database_url, user.id) == []
 
 
 async def test_an_empty_object_is_removed_at_confirm(media: Media, user: User, s3: Any) -> None:
@@ -160,7 +163,7 @@ async def test_an_empty_object_is_removed_at_confirm(media: Media, user: User, s
     await _put_raw(s3, d["key"], b"", "image/png")
     r = await media.confirm(user, d["key"])
     assert r.status_code == 422 and error_code(r) == "UPLOAD_MISMATCH"
-    assert objects(s3, d["key"]) == {}
+    assert await objects(s3, d["key"]) == {}
 
 
 async def test_confirming_someone_elses_key_is_a_404_and_leaves_it_alone(
@@ -172,7 +175,7 @@ async def test_confirming_someone_elses_key_is_a_404_and_leaves_it_alone(
     assert (await put(d["upload_url"], d["headers"], data)).status_code == 200
     r = await media.confirm(intruder, d["key"])
     assert r.status_code == 404 and error_code(r) == "MEDIA_NOT_FOUND"
-    assert objects(s3, d["key"]) == {d["key"]: 2000}
+    assert await objects(s3, d["key"]) == {d["key"]: 2000}
     assert await rows(database_url, intruder.id) == [] and await rows(database_url, owner.id) == []
 
 
@@ -243,7 +246,7 @@ async def test_presigned_uploads_never_confirmed_are_swept(media_for: Any, user:
 
     assert await sweep(fn.services) == {"unconfirmed_removed": 0, "confirmed": 0}  # not due yet
     assert await sweep(fn.services, now=time.time() + 91) == {"unconfirmed_removed": 2, "confirmed": 1}
-    assert set(objects(s3, f"posts/{user.id}/")) == {confirmed["key"]}
+    assert set(await objects(s3, f"posts/{user.id}/")) == {confirmed["key"]}
     assert [r["object_key"] for r in await rows(database_url, user.id)] == [confirmed["key"]]
     assert await sweep(fn.services, now=time.time() + 91) == {"unconfirmed_removed": 0, "confirmed": 0}
-    assert never_put["key"] not in objects(s3, "posts/")
+    assert never_put["key"] not in await objects(s3, "posts/")

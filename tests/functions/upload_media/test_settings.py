@@ -67,7 +67,9 @@ async def test_the_returned_url_serves_the_uploaded_bytes(media: Media, user: Us
     data = smp.sized(smp.PNG, 4000)
     r = await media.upload(user, smp.form(data, bucket="avatars"))
     assert r.status_code == 201, r.text
-    async with httpx.AsyncClient() as plain:  # no credentials: as a browser loads it
+    from shared import tls
+
+    async with tls.client() as plain:  # no credentials: as a browser loads it
         got = await plain.get(r.json()["data"]["url"])
     assert got.status_code == 200 and got.content == data
 

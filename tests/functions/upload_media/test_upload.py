@@ -10,7 +10,7 @@ import pytest
 
 from functions.upload_media.settings import MiB
 from tests.functions.upload_media import samples as smp
-from tests.functions.upload_media.conftest import KEY, Media, User, error_code, objects, rows
+from tests.functions.upload_media.conftest import KEY, Media, User, content, error_code, head, objects, rows
 
 
 async def test_a_png_is_stored_with_its_sniffed_type_and_recorded(media: Media, user: User, s3: Any, database_url: str) -> None:
@@ -22,10 +22,10 @@ async def test_a_png_is_stored_with_its_sniffed_type_and_recorded(media: Media, 
     assert m and m["bucket"] == "avatars" and m["user"] == user.id and m["ext"] == "png"
     assert d["content_type"] == "image/png" and d["size_bytes"] == len(data) and d["status"] == "stored"
     assert d["url"].endswith("/" + d["key"])
-    head = s3.head_object(Bucket=s3.bucket_name, Key=d["key"])
-    assert head["ContentType"] == "image/png" and head["ContentLength"] == len(data)
-    assert head["CacheControl"] == "public, max-age=31536000, immutable"
-    assert s3.get_object(Bucket=s3.bucket_name, Key=d["key"])["Body"].read() == data
+    meta = await head(s3, d["key"])
+    assert meta["ContentType"] == "image/png" and meta["ContentLength"] == len(data)
+    assert meta["CacheControl"] == "public, max-age=31536000, immutable"
+    assert await content(s3, d["key"]) == data
     [row] = await rows(database_url, user.id)
     assert str(row["id"]) == d["id"] and row["object_key"] == d["key"] and row["status"] == "stored"
     assert row["size_bytes"] == len(data) and row["content_type"] == "image/png" and row["bucket"] == "avatars"
@@ -49,7 +49,7 @@ async def test_each_accepted_type_gets_the_extension_of_its_bytes(
     assert r.status_code == 201, r.text
     d = r.json()["data"]
     assert d["content_type"] == stored and d["key"].endswith("." + ext) and d["key"].startswith(f"{bucket}/{user.id}/")
-    assert s3.head_object(Bucket=s3.bucket_name, Key=d["key"])["ContentType"] == stored
+    assert (await head(s3, d["key"]))["ContentType"] == stored
 
 
 async def test_the_bucket_may_come_after_the_file(media: Media, user: User) -> None:
@@ -85,7 +85,7 @@ async def test_the_bytes_decide_the_type_and_a_disagreeing_claim_is_a_415(
         assert error_code(r) == code
     else:  # the claims are checked as soon as the bytes are in, the bucket's rules when it comes
         assert error_code(r) in (code, "CONTENT_TYPE_MISMATCH", "EXTENSION_MISMATCH")
-    assert objects(s3, f"{bucket}/{user.id}/") == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, f"{bucket}/{user.id}/") == {} and await rows(database_url, user.id) == []
 
 
 async def test_a_wrong_type_is_refused_before_the_rest_is_read(media: Media, user: User) -> None:
@@ -103,7 +103,7 @@ async def test_the_cap_is_enforced_while_streaming(media_for: Any, user: User, s
     assert r.json()["error"]["details"]["max_bytes"] == 256 * 1024
     # refused as soon as the cap was passed: the rest of the body was never pulled
     assert body.sent <= 256 * 1024 + 2 * body.chunk, body.sent
-    assert objects(s3, f"avatars/{user.id}/") == {} and await rows(database_url, user.id) == []
+    assert await objects(s3, f"avatars/{user.id}/") == {} and await rows(database_url, user.id) == []
 
 
 async def test_a_file_above_the_bucket_cap_that_came_before_its_bucket_is_refused(media_for: Any, user: User) -> None:
@@ -206,7 +206,7 @@ async def test_concurrent_uploads_get_distinct_keys_and_rows(media: Media, user:
     assert [r.status_code for r in rs] == [201] * 6
     keys = {r.json()["data"]["key"] for r in rs}
     assert len(keys) == 6
-    assert set(objects(s3, f"posts/{user.id}/")) == keys
+    assert set(await objects(s3, f"posts/{user.id}/")) == keys
     assert {r["object_key"] for r in await rows(database_url, user.id)} == keys
 
 
@@ -248,7 +248,7 @@ async def test_a_database_failure_after_the_upload_removes_the_object(
     media = Media(client_for(fn, services=Services(settings, db=dead)))
     r = await media.upload(user, smp.form(smp.sized(smp.PNG, 5000), bucket="avatars"))
     assert r.status_code == 503 and error_code(r) == "DATABASE_UNAVAILABLE"
-    assert objects(s3, f"avatars/{user.id}/") == {}
+    assert await objects(s3, f"avatars/{user.id}/") == {}
 
 
 async def test_a_caller_without_an_account_gets_a_403_and_the_object_is_removed(
@@ -260,7 +260,7 @@ async def test_a_caller_without_an_account_gets_a_403_and_the_object_is_removed(
     who = User(ghost, make_token(ghost))
     r = await media.upload(who, smp.form(smp.sized(smp.PNG, 5000), bucket="avatars"))
     assert r.status_code == 403 and error_code(r) == "ACCOUNT_NOT_FOUND"
-    assert objects(s3, f"avatars/{ghost}/") == {}
+    assert await objects(s3, f"avatars/{ghost}/") == {}
 
 
 # -- quotas ----------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ async def test_bytes_per_day_are_limited_and_a_refused_file_is_not_stored(
     assert r.status_code == 201, r.text
     r = await media.upload(user, smp.form(smp.sized(smp.PNG, 1000), bucket="covers"))
     assert r.status_code == 429 and error_code(r) == "UPLOAD_BYTES_QUOTA_EXCEEDED"
-    assert len(objects(s3, f"covers/{user.id}/")) == 1 and len(await rows(database_url, user.id)) == 1
+    assert len(await objects(s3, f"covers/{user.id}/")) == 1 and len(await rows(database_url, user.id)) == 1
 
 
 async def test_r2_calls_do_not_block_the_event_loop(media_for: Any, user: User, database_url: str) -> None:
@@ -306,7 +306,7 @@ async def test_r2_calls_do_not_block_the_event_loop(media_for: Any, user: User, 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowS3)
+    server = await asyncio.to_thread(ThreadingHTTPServer, ("127.0.0.1", 0), SlowS3)  # binding looks up the host name
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         media = media_for(r2_endpoint_url=f"http://127.0.0.1:{server.server_address[1]}")
