@@ -64,7 +64,8 @@ def test_the_first_deep_health_after_start_is_up(dev: DevServer) -> None:
     """Runs first: slow clients (boto3's, TLS contexts) are built at start-up, off the event
     loop, so the first deep check meets Redis's 50 ms deadline (it answered 503 when
     upload-media built its S3 client on the loop during the check)."""
-    with httpx.Client(base_url=dev.base, timeout=10) as client:
+    service = next(ln for ln in dev.lines if ln.startswith("SERVICE_TOKEN=")).removeprefix("SERVICE_TOKEN=")
+    with httpx.Client(base_url=dev.base, timeout=10, headers={"Authorization": f"Bearer {service}"}) as client:
         for name in FUNCTIONS:
             r = client.get(f"/functions/v1/{name}/health", params={"deep": "1"})
             assert r.status_code == 200, (name, r.text)
