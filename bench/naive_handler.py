@@ -1,8 +1,8 @@
 """The baseline the cold-start benchmark compares against: a handler written the obvious
-way, importing every SDK it might need at the top of the module. The supabase client is
-imported when installed (its realtime part pins websockets below the version uvicorn's
-standard extra takes, so the project's environment cannot hold both); without it the
-baseline is cheaper, which only makes the comparison harder for the functions."""
+way, importing every SDK it might need at the top of the module. `bench.cold_start` runs it
+in a virtualenv of its own that holds supabase (its realtime part pins websockets below the
+version uvicorn's standard extra takes, so the project's environment cannot hold both); where
+that cannot be built it runs here without supabase, and says so."""
 
 import contextlib
 

@@ -216,7 +216,8 @@ def write(data: dict[str, Any], out: Path, *, with_plots: bool = True) -> None:
     if cold:
         add("## Cold import per function\n")
         add("Median of fresh processes: `import <handler>` timed inside the child; the floor is the whole `python -c pass`; "
-            "the naive handler imports boto3, sentry_sdk, psycopg, redis (and supabase where installed) at the top.\n")
+            "the naive handler imports boto3, sentry_sdk, psycopg, redis and supabase at the top, in an environment of its "
+            "own (its row says when supabase could not be installed).\n")
         add("| module | import ms | process wall ms |")
         add("|---|---:|---:|")
         for name, r in cold.items():
