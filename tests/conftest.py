@@ -298,7 +298,27 @@ def _loop_watch() -> Iterator[Any]:
     from shared.settings import CoreSettings
     from tests import loopwatch
 
-    # what a server's start-up does (FunctionApp.start) before its first request
+    # what a server's start-up does before its first request: import its code (here, every
+    # function's and the middleware's, as the first test of each would otherwise do on the
+    # loop) and build the slow clients (FunctionApp.start)
+    import importlib
+    import pkgutil
+
+    import functions
+    import shared
+    import tests
+    from shared import warmup
+
+    for package in (shared, functions):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
+    for package in ("shared", "functions"):
+        warmup.import_everything(package)
+    # the helper modules tests import inside their bodies (the test files pytest imported)
+    for module in pkgutil.walk_packages(tests.__path__, "tests."):
+        leaf = module.name.rsplit(".", 1)[-1]
+        if not (leaf.startswith("test_") or leaf == "conftest" or module.name.startswith("tests.browser")):
+            importlib.import_module(module.name)
     Services(CoreSettings())._build_slow_clients(("database", "redis", "storage"))
     tls.warm()
     with loopwatch.watching() as watch:

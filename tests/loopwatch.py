@@ -57,6 +57,14 @@ def _stack(frame: Any) -> str:
     return "\n      ".join(lines)
 
 
+def _from_asyncio_subprocess(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_subprocess.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @dataclass
 class Watch:
     hits: list[str] = field(default_factory=list)
@@ -86,6 +94,8 @@ def watching(threshold: float = SLOW_S) -> Iterator[Watch]:
             return
         if event == "socket.connect" and isinstance(args[0], socket.socket) and not args[0].getblocking():
             return
+        if event == "subprocess.Popen" and _from_asyncio_subprocess(sys._getframe(1)):
+            return  # asyncio starts the process and reaps it off the loop
         slot[2].append(f"{event}{args[1:2] if event == 'socket.connect' else args[:1]}\n      "
                        + _stack(sys._getframe(1)))
 

@@ -180,3 +180,16 @@ def test_cors_allow_headers_is_configurable() -> None:
     env = {"CORS_ORIGINS": "https://app.example", "CORS_ALLOW_HEADERS": "authorization, x-custom-thing"}
     mw = CORSMiddleware(None, CoreSettings.load(env=env))  # type: ignore[arg-type]
     assert mw.preflight("https://app.example").headers["access-control-allow-headers"] == "authorization, x-custom-thing"
+
+
+def test_start_up_imports_what_the_function_imports_lazily_and_only_that() -> None:
+    """A server imports at start-up what a first request would otherwise import on the event
+    loop; not what the function cannot reach."""
+    from shared.warmup import reachable
+
+    swipes = reachable("functions.batch_swipe", frozenset({"shared.storage", "sentry_sdk"}))
+    assert {"psycopg", "psycopg_pool", "hiredis", "jwt", "functions.batch_swipe.logic", "shared.pipeline"} <= set(swipes)
+    assert not {"boto3", "sentry_sdk", "h2", "functions.upload_media.logic"} & set(swipes)
+    media = reachable("functions.upload_media")
+    assert {"boto3", "python_multipart.multipart", "shared.storage"} <= set(media)
+    assert "h2" in reachable("functions.realtime_orchestrator")  # APNs' HTTP/2, imported inside a function

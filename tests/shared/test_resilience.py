@@ -172,8 +172,10 @@ async def test_a_multiplexed_request_times_out_alone(provider: Any) -> None:
     never times out (httpcore would fail every stream on the connection)."""
     import httpx
 
+    from shared import tls
+
     p, url = provider
-    async with httpx.AsyncClient() as client:
+    async with tls.client() as client:
         http = OutboundHTTP(client, multiplexed=True)
         p.mode = "slow"
         with pytest.raises(errors.DependencyTimeout):

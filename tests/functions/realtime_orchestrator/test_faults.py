@@ -121,19 +121,20 @@ async def test_a_drain_killed_mid_batch_loses_nothing(
     fake.mode["realtime"] = ("slow", 0.4)  # Realtime acts on a batch, then answers 0.4 s later
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))},
            **{k.upper(): str(v) for k, v in settings.items()}}
-    proc = subprocess.Popen([sys.executable, "-c", DRAIN_PROCESS], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the loop serves the stand-ins meanwhile: the process is started and reaped off it
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", DRAIN_PROCESS, cwd=REPO, env=env,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while len(fake.attempts("realtime")) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        while len(fake.attempts("realtime")) < 4 and proc.returncode is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode is None, (await proc.stderr.read()).decode() if proc.stderr else ""
         os.kill(proc.pid, signal.SIGKILL)  # the 4th batch was acted on, its answer not yet read
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
     in_flight = len(fake.attempts("realtime"))
     assert 4 <= in_flight < 10  # killed mid-run: most of the 100 messages are not sent yet
 

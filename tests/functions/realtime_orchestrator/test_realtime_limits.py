@@ -6,7 +6,7 @@ reports its backlog age."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -172,8 +172,9 @@ async def test_backlog_age_is_reported_by_the_drain_and_the_cli(
     await Orchestrator(orch.services, orch.settings).drain(budget=5, wait=False)  # the CLI's clock: the real one
     parser = argparse.ArgumentParser()
     outbox_cli.add_arguments(parser)
-    time.sleep(1.1)  # the CLI ages rows by the database's clock
-    assert outbox_cli.run(parser.parse_args(["status", "--database-url", database_url])) == 0
+    await asyncio.sleep(1.1)  # the CLI ages rows by the database's clock
+    # the command blocks (its own connection): run it off the loop, as a user runs it
+    assert await asyncio.to_thread(outbox_cli.run, parser.parse_args(["status", "--database-url", database_url])) == 0
     assert "backlog age: realtime" in capsys.readouterr().out
 
 
