@@ -12,6 +12,7 @@ concludes is at least 1 km off for one of the two.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,7 +88,8 @@ async def attack(queries: list[tuple[float, float, Query]], calls_each: int) -> 
     for lat, lon, query in queries:
         threshold, shown = await bisect(query, calls_each)
         seen.append((threshold, shown))
-    return trilaterate([(lat, lon, t) for (lat, lon, _), (t, _) in zip(queries, seen, strict=True)]), seen
+    observations = [(lat, lon, t) for (lat, lon, _), (t, _) in zip(queries, seen, strict=True)]
+    return await asyncio.to_thread(trilaterate, observations), seen  # a search: off the event loop
 
 
 def oracle(vantage: tuple[float, float], target: tuple[float, float]) -> Query:
