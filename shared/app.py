@@ -187,8 +187,9 @@ class FunctionApp:
         from shared import warmup
 
         if self.package:
-            # not what this deployment cannot reach: storage without the dependency, Sentry without a DSN
-            skip = {"shared.storage"} if "storage" not in self.dependencies else set()
+            # not what this deployment cannot reach: storage without the dependency (boto3 is
+            # then only the secret store's, read at init), Sentry without a DSN
+            skip = {"shared.storage", "boto3"} if "storage" not in self.dependencies else set()
             if not getattr(self.settings, "sentry_dsn", None):
                 skip.add("sentry_sdk")
             await asyncio.to_thread(warmup.import_everything, self.package, frozenset(skip))
