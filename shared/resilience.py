@@ -121,9 +121,9 @@ class OutboundHTTP:
         self._client = client
         self.default_timeout = default_timeout
         #: HTTP/2: many requests share one connection, and httpcore fails every stream on a
-        #: connection whose socket read timed out (one slow answer would fail them all). So
-        #: each request's deadline is enforced by cancelling it alone, and the transport
-        #: read never times out.
+        #: connection whose socket read timed out. So each request's deadline is enforced by
+        #: cancelling that request alone, and the transport read never times out (rather
+        #: than relying on the cancellation firing before an equal read timeout).
         self.multiplexed = multiplexed
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
