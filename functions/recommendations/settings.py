@@ -32,6 +32,7 @@ class RecommendationsSettings(CoreSettings):
     deck_exact_max: int = Field(4000, ge=1)
     """Auto, wider decks: from this many candidates on, the exact ranking gives way to hnsw"""
     deck_use_read_replica: bool = False
-    """Compute decks on the read replica (DATABASE_READ_URL) when one is configured. Off by
-    default: a lagging replica would not see a swipe that just bumped the deck version, and the
-    recomputed deck (showing the swiped person) would be cached for 5 minutes."""
+    """Compute and re-check decks on the read replica (DATABASE_READ_URL) when one is
+    configured. Off by default: a lagging replica would not yet see a swipe or a block that
+    just committed, and would serve (and cache the ranking of) a deck that still shows that
+    person."""

@@ -61,7 +61,7 @@ def normalize(expr: str | None) -> str | None:
 
 # Non-system schemas. A schema the API roles cannot even use is still listed: a single
 # `grant usage` would expose whatever it holds.
-_SCHEMAS = """
+SCHEMAS_SQL = """
 select n.oid from pg_catalog.pg_namespace n
  where n.nspname not in ('pg_catalog', 'information_schema')
    and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
@@ -70,8 +70,9 @@ _NOT_EXTENSION = """
 not exists (select 1 from pg_catalog.pg_depend d
              where d.classid = '{catalog}'::regclass and d.objid = {oid} and d.deptype = 'e')
 """
-_OURS_CLASS = _NOT_EXTENSION.format(catalog="pg_catalog.pg_class", oid="c.oid")
-_OURS_PROC = _NOT_EXTENSION.format(catalog="pg_catalog.pg_proc", oid="p.oid")
+#: the relation `c` / function `p` is ours, not an extension's
+OURS_CLASS = _NOT_EXTENSION.format(catalog="pg_catalog.pg_class", oid="c.oid")
+OURS_PROC = _NOT_EXTENSION.format(catalog="pg_catalog.pg_proc", oid="p.oid")
 
 
 async def snapshot(conn: Any) -> Snapshot:
@@ -81,7 +82,7 @@ async def snapshot(conn: Any) -> Snapshot:
         cur = await conn.execute(
             f"select 'schema ' || quote_ident(n.nspname), p from pg_catalog.pg_namespace n,"
             f" unnest(array['USAGE', 'CREATE']) p"
-            f" where n.oid in ({_SCHEMAS}) and has_schema_privilege(%s, n.oid, p)",
+            f" where n.oid in ({SCHEMAS_SQL}) and has_schema_privilege(%s, n.oid, p)",
             (role,),
         )
         snap.grants |= {(obj, role, priv) for obj, priv in await cur.fetchall()}
@@ -90,8 +91,8 @@ async def snapshot(conn: Any) -> Snapshot:
             f"select c.relkind::text, format('%%I.%%I', n.nspname, c.relname), p"
             f" from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace,"
             f" unnest(%s::text[]) p"
-            f" where n.oid in ({_SCHEMAS}) and c.relkind in ('r', 'p', 'v', 'm', 'f')"
-            f" and {_OURS_CLASS}"
+            f" where n.oid in ({SCHEMAS_SQL}) and c.relkind in ('r', 'p', 'v', 'm', 'f')"
+            f" and {OURS_CLASS}"
             f" and has_table_privilege(%s, c.oid, p)",
             (list(TABLE_PRIVILEGES), role),
         )
@@ -103,8 +104,8 @@ async def snapshot(conn: Any) -> Snapshot:
             f" from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
             f" join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped,"
             f" unnest(%s::text[]) p"
-            f" where n.oid in ({_SCHEMAS}) and c.relkind in ('r', 'p', 'v', 'm', 'f')"
-            f" and {_OURS_CLASS}"
+            f" where n.oid in ({SCHEMAS_SQL}) and c.relkind in ('r', 'p', 'v', 'm', 'f')"
+            f" and {OURS_CLASS}"
             f" and has_column_privilege(%s, c.oid, a.attnum, p) and not has_table_privilege(%s, c.oid, p)",
             (list(COLUMN_PRIVILEGES), role, role),
         )
@@ -114,8 +115,8 @@ async def snapshot(conn: Any) -> Snapshot:
             f"select format('%%I.%%I', n.nspname, c.relname), p"
             f" from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace,"
             f" unnest(%s::text[]) p"
-            f" where n.oid in ({_SCHEMAS}) and c.relkind = 'S'"
-            f" and {_OURS_CLASS}"
+            f" where n.oid in ({SCHEMAS_SQL}) and c.relkind = 'S'"
+            f" and {OURS_CLASS}"
             f" and has_sequence_privilege(%s, c.oid, p)",
             (list(SEQUENCE_PRIVILEGES), role),
         )
@@ -125,8 +126,8 @@ async def snapshot(conn: Any) -> Snapshot:
             f"select format('%%I.%%I(%%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes)),"
             f" p.prosecdef"
             f" from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace"
-            f" where n.oid in ({_SCHEMAS})"
-            f" and {_OURS_PROC}"
+            f" where n.oid in ({SCHEMAS_SQL})"
+            f" and {OURS_PROC}"
             f" and has_function_privilege(%s, p.oid, 'EXECUTE')",
             (role,),
         )
@@ -156,7 +157,7 @@ async def snapshot(conn: Any) -> Snapshot:
         f" pol.polpermissive, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid),"
         f" pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)"
         f" from pg_catalog.pg_policy pol join pg_catalog.pg_class c on c.oid = pol.polrelid"
-        f" join pg_catalog.pg_namespace n on n.oid = c.relnamespace where n.oid in ({_SCHEMAS})"
+        f" join pg_catalog.pg_namespace n on n.oid = c.relnamespace where n.oid in ({SCHEMAS_SQL})"
     )
     commands = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
     for table, name, cmd, roles, permissive, using, check in await cur.fetchall():
@@ -167,14 +168,14 @@ async def snapshot(conn: Any) -> Snapshot:
     cur = await conn.execute(
         f"select format('%I.%I', n.nspname, c.relname)"
         f" from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
-        f" where n.oid in ({_SCHEMAS}) and c.relkind in ('r', 'p') and not c.relrowsecurity"
-        f" and {_OURS_CLASS}"
+        f" where n.oid in ({SCHEMAS_SQL}) and c.relkind in ('r', 'p') and not c.relrowsecurity"
+        f" and {OURS_CLASS}"
     )
     snap.no_rls = {name for (name,) in await cur.fetchall()}
 
     cur = await conn.execute(
         f"select e.extname, n.nspname from pg_catalog.pg_extension e"
-        f" join pg_catalog.pg_namespace n on n.oid = e.extnamespace where n.oid in ({_SCHEMAS})"
+        f" join pg_catalog.pg_namespace n on n.oid = e.extnamespace where n.oid in ({SCHEMAS_SQL})"
     )
     snap.extensions = {(name, schema) for name, schema in await cur.fetchall()}
     return snap
@@ -230,10 +231,6 @@ class AllowList:
 
     def allowed_extensions(self) -> set[tuple[str, str]]:
         return {(e["name"], e["schema"]) for e in self.extensions}
-
-    def user_tables(self) -> dict[str, list[str]]:
-        """Tables the API roles hold any privilege on, with their owner columns."""
-        return dict(self.owners)
 
 
 # -- rendering what to add -------------------------------------------------------------------

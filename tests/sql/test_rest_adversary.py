@@ -31,7 +31,7 @@ import pytest
 from psycopg import sql
 
 from tests import factories as f
-from tests.sql.privileges import _OURS_CLASS, _OURS_PROC, _SCHEMAS, AllowList
+from tests.sql.privileges import OURS_CLASS, OURS_PROC, SCHEMAS_SQL, AllowList
 
 pytestmark = pytest.mark.rest_adversary
 
@@ -98,7 +98,7 @@ async def catalog(conn: psycopg.AsyncConnection[Any], allow: AllowList) -> tuple
         f" array(select a.attname::text from pg_catalog.pg_attribute a where a.attrelid = c.oid and a.attnum > 0"
         f"       and not a.attisdropped and a.attgenerated = '' order by a.attnum)"
         f" from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
-        f" where n.oid in ({_SCHEMAS}) and c.relkind in ('r', 'p', 'v', 'm', 'f') and {_OURS_CLASS}"
+        f" where n.oid in ({SCHEMAS_SQL}) and c.relkind in ('r', 'p', 'v', 'm', 'f') and {OURS_CLASS}"
         f" order by 1, 2"
     )
     tables = []
@@ -109,7 +109,7 @@ async def catalog(conn: psycopg.AsyncConnection[Any], allow: AllowList) -> tuple
         f"select format('%I.%I', n.nspname, p.proname), p.prokind::text,"
         f" array(select format_type(t, null) from unnest(p.proargtypes::oid[]) t)"
         f" from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace"
-        f" where n.oid in ({_SCHEMAS}) and {_OURS_PROC} order by 1"
+        f" where n.oid in ({SCHEMAS_SQL}) and {OURS_PROC} order by 1"
     )
     functions = []
     for name, kind, args in await cur.fetchall():
