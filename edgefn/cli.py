@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "openapi": ("edgefn.openapi", "print the OpenAPI document of every function's routes"),
     "config": ("edgefn.config", "the configuration reference, or what a function loads here"),
     "package": ("edgefn.package", "build a reproducible Lambda zip per function"),
-    "webhooks": ("edgefn.webhooks_cli", "webhook maintenance: replay stored deliveries"),
+    "plans": ("edgefn.plans", "register subscription plans from a TOML file (idempotent upsert)"),
+    "webhooks": ("edgefn.webhooks_cli", "webhooks: send a signed test event; replay stored deliveries"),
     "outbox": ("edgefn.outbox_cli", "realtime outbox maintenance: status, dead letters"),
     "bench": ("edgefn.bench_cli", "system benchmark: load, faults, fuzzing; writes bench/report.md with plots"),
 }

@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -226,7 +227,48 @@ def _prepare_database(dsn: str, seed: bool) -> list[str]:
             raise
         except Exception as exc:
             raise CommandError(f"loading demo data failed: {_first_line(exc)}") from None
+    sync_demo = _optional("edgefn.plans", "sync_demo", "demo plans") if seed else None
+    if sync_demo is not None:
+        try:
+            sync_demo(dsn)
+        except CommandError:
+            raise
+        except Exception as exc:
+            raise CommandError(f"registering the demo plans failed: {_first_line(exc)}") from None
     return applied
+
+
+# -- webhook secrets -------------------------------------------------------------------------
+
+#: the webhook settings `edgefn dev` fills in (when the environment does not), as printed
+WEBHOOK_SECRETS = ("PAYSTACK_SECRET_KEY", "REVENUECAT_WEBHOOK_AUTH")
+SECRETS_FILE = "webhook-secrets.json"
+
+
+def webhook_secrets(data_dir: Path, env: Any) -> dict[str, str]:
+    """Local secrets for both providers: the environment's when set, else made once per data
+    folder (kept in it, mode 0600), so a signed test delivery keeps working across restarts.
+    A Paystack test key (`sk_test_...`) signs deliveries; RevenueCat's Authorization value is
+    a Bearer string, as one would set in its dashboard."""
+    import secrets
+
+    path = data_dir / SECRETS_FILE
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    made = {
+        "PAYSTACK_SECRET_KEY": stored.get("PAYSTACK_SECRET_KEY") or "sk_test_" + secrets.token_hex(20),
+        "REVENUECAT_WEBHOOK_AUTH": stored.get("REVENUECAT_WEBHOOK_AUTH") or "Bearer rc_dev_" + secrets.token_hex(16),
+    }
+    if made != stored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(made, f)
+        os.replace(tmp, path)
+    return {k: env.get(k) or made[k] for k in WEBHOOK_SECRETS}
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -357,6 +399,8 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
             explicit["redis_url"] = redis_url
         if not env.get("CORS_ORIGINS"):
             explicit["cors_origins"] = DEFAULT_CORS_ORIGINS
+        hooks = webhook_secrets(data_dir, env)
+        explicit.update({k.lower(): v for k, v in hooks.items()})
         apps = _configure_functions(explicit)
         from edgefn.apidocs import APIDocs
 
@@ -367,8 +411,8 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
         # 5. serve (and say where, for `edgefn seed --data-dir` and the other tools)
         from edgefn import devstate
 
-        banner = _banner(base, apps, lines, applied, token, service_token, time.monotonic() - t0)
-        devstate.write(data_dir, url=base, database_url=database_url)
+        banner = _banner(base, apps, lines, applied, token, service_token, time.monotonic() - t0, hooks)
+        devstate.write(data_dir, url=base, database_url=database_url, webhooks=hooks)
         stack.callback(devstate.remove, data_dir)
         _serve(gateway, sock, port, banner, signals)
         return 0
@@ -408,7 +452,8 @@ def _configure_functions(explicit: dict[str, Any]) -> dict[str, FunctionApp]:
 
 
 def _banner(
-    base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, service_token: str, took: float
+    base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, service_token: str, took: float,
+    hooks: dict[str, str] | None = None,
 ) -> str:
     from edgefn.apidocs import DOCS_PATH
 
@@ -427,6 +472,14 @@ def _banner(
         f"TOKEN={token}",
         "a service_role token, valid 24 h, for internal routes (deep health, the orchestrator's drain):",
         f"SERVICE_TOKEN={service_token}",
+    ]
+    if hooks:
+        out += [
+            "webhook secrets (the webhooks function checks deliveries with these; "
+            "`edgefn webhooks trigger` signs with them):",
+            *(f"{k}={shlex.quote(v)}" for k, v in hooks.items()),
+        ]
+    out += [
         "",
         "try:",
         *(example.format(base=base) for example in EXAMPLES),

@@ -42,3 +42,20 @@ def read(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info
+
+
+def database_url(explicit: str | None, data_dir: str | os.PathLike[str]) -> str:
+    """The database a command works on: `explicit` (--database-url), else DATABASE_URL, else
+    that of the `edgefn dev` running in `data_dir`."""
+    from edgefn.cli import CommandError
+
+    dsn = explicit or os.environ.get("DATABASE_URL", "")
+    if dsn.strip():
+        return dsn
+    running = read(data_dir)
+    if running and running.get("database_url"):
+        return str(running["database_url"])
+    raise CommandError(
+        f"no database: DATABASE_URL is not set and no `edgefn dev` is running with --data-dir {data_dir} "
+        "(start it, or pass --database-url)"
+    )

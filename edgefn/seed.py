@@ -773,20 +773,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _database_url(args: argparse.Namespace) -> str:
     """--database-url, else DATABASE_URL, else the running local server's database."""
-    import os
+    from edgefn.devstate import database_url
 
-    from edgefn import devstate
-
-    dsn = args.database_url or os.environ.get("DATABASE_URL", "")
-    if dsn.strip():
-        return dsn
-    running = devstate.read(args.data_dir)
-    if running and running.get("database_url"):
-        return str(running["database_url"])
-    raise CommandError(
-        f"no database: DATABASE_URL is not set and no `edgefn dev` is running with --data-dir {args.data_dir} "
-        "(start it, or pass --database-url)"
-    )
+    return database_url(args.database_url, args.data_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -170,6 +170,31 @@ def test_seed_finds_the_running_servers_database_by_data_dir(dev: DevServer) -> 
     assert other.returncode == 1 and "pass --reset" in other.stderr
 
 
+def test_webhook_secrets_are_printed_recorded_and_checked_and_demo_plans_registered(dev: DevServer) -> None:
+    import hashlib
+    import hmac
+
+    printed = dict(ln.split("=", 1) for ln in dev.lines if ln.startswith(("PAYSTACK_SECRET_KEY=", "REVENUECAT_WEBHOOK_AUTH=")))
+    secrets = {k: shlex.split(v)[0] for k, v in printed.items()}  # as a shell reads the printed line
+    assert secrets["PAYSTACK_SECRET_KEY"].startswith("sk_test_") and secrets["REVENUECAT_WEBHOOK_AUTH"].startswith("Bearer ")
+    assert json.loads((dev.data_dir / "dev.json").read_text())["webhooks"] == secrets
+    body = json.dumps({"event": "customeridentification.success", "data": {"email": "a@example.com"}}).encode()
+    url = f"{dev.base}/functions/v1/webhooks"
+    with httpx.Client(timeout=10) as client:
+        good = hmac.new(secrets["PAYSTACK_SECRET_KEY"].encode(), body, hashlib.sha512).hexdigest()
+        assert client.post(f"{url}/paystack", content=body, headers={"x-paystack-signature": good}).status_code == 200
+        assert client.post(f"{url}/paystack", content=body, headers={"x-paystack-signature": "0" * 128}).status_code == 401
+        test_event = json.dumps({"api_version": "1.0", "event": {"type": "TEST", "id": "dev-test-1",
+                                                                 "event_timestamp_ms": 1, "app_user_id": "x"}})
+        r = client.post(f"{url}/revenuecat", content=test_event,
+                        headers={"authorization": secrets["REVENUECAT_WEBHOOK_AUTH"]})
+        assert r.status_code == 200, r.text
+    listed = subprocess.run(edgefn_cmd("plans", "list", "--data-dir", str(dev.data_dir)),
+                            cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "pro_monthly  paystack  PLN_demo_pro_monthly  200000 NGN  monthly  paid" in listed.stdout
+
+
 def test_seed_without_a_database_or_a_running_server_says_so(tmp_path: Path) -> None:
     result = subprocess.run(edgefn_cmd("seed", "--data-dir", str(tmp_path)),
                             cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
