@@ -97,8 +97,12 @@ def encode_result(value: Any, b64: bool) -> Any:
 
 
 def _error_text(exc: Exception) -> str:
-    code = getattr(exc, "status_code", None)
-    return f"{code} {exc}" if code else str(exc)
+    """Redis's own error text, code first. redis-py keeps the code apart from the message in
+    some versions (`status_code`) and in the message in others (8.x: both)."""
+    text, code = str(exc), getattr(exc, "status_code", None)
+    if not code or text == code or text.startswith(f"{code} "):
+        return text
+    return f"{code} {text}"
 
 
 def _arg(value: Any) -> str | int | float:
