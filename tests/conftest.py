@@ -321,8 +321,22 @@ def _loop_watch() -> Iterator[Any]:
             importlib.import_module(module.name)
     Services(CoreSettings())._build_slow_clients(("database", "redis", "storage"))
     tls.warm()
+    _hypothesis_constants()
     with loopwatch.watching() as watch:
         yield watch
+
+
+def _hypothesis_constants() -> None:
+    """Hypothesis draws some values from the constants in the project's own modules, which it
+    collects on a test's first draw after new modules were imported: it parses each one (and
+    writes an on-disk cache), 100 ms or more of CPU when the cache is cold, as in a fresh
+    clone. Done here, after the imports above, it never lands in an async test's loop
+    callback. (An internal of Hypothesis: when it moves, this does nothing.)"""
+    try:
+        from hypothesis.internal.conjecture.providers import _get_local_constants
+    except ImportError:
+        return
+    _get_local_constants()
 
 
 @pytest.fixture(autouse=True)
