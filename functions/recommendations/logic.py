@@ -38,7 +38,8 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
     if query.cursor is not None:
         after = decode(query.cursor, digest)
     else:
-        now = datetime.now(UTC).replace(microsecond=0)
+        # the function's clock (as the dashboard's): the deck counts ages on this day
+        now = datetime.fromtimestamp(int(ctx.services.clock()), UTC)
         after = Cursor(settings.deck_strategy, 0, None, None, now, digest)
     version_key, page_key = pages.keys(ctx.services, user_id, query.model_dump(mode="json"))
     version, cached = await pages.read(ctx.services, version_key, page_key)
