@@ -411,7 +411,7 @@ def _run(args: argparse.Namespace, signals: _Signals) -> int:
         # 5. serve (and say where, for `edgefn seed --data-dir` and the other tools)
         from edgefn import devstate
 
-        banner = _banner(base, apps, lines, applied, token, service_token, time.monotonic() - t0, hooks)
+        banner = _banner(base, apps, lines, applied, token, service_token, time.monotonic() - t0, hooks, data_dir)
         devstate.write(data_dir, url=base, database_url=database_url, webhooks=hooks)
         stack.callback(devstate.remove, data_dir)
         _serve(gateway, sock, port, banner, signals)
@@ -453,7 +453,7 @@ def _configure_functions(explicit: dict[str, Any]) -> dict[str, FunctionApp]:
 
 def _banner(
     base: str, apps: dict[str, Any], lines: list[str], applied: list[str], token: str, service_token: str, took: float,
-    hooks: dict[str, str] | None = None,
+    hooks: dict[str, str] | None = None, data_dir: Path | None = None,
 ) -> str:
     from edgefn.apidocs import DOCS_PATH
 
@@ -483,6 +483,12 @@ def _banner(
         "",
         "try:",
         *(example.format(base=base) for example in EXAMPLES),
+    ]
+    if hooks and data_dir is not None:
+        dd = "" if str(data_dir) == DEFAULT_DATA_DIR else f" --data-dir {shlex.quote(str(data_dir))}"
+        out += [f"edgefn webhooks trigger paystack charge.success{dd}   "
+                "# a signed test delivery; every event of both providers: --help"]
+    out += [
         "",
         "Ctrl-C stops the server and the services it started.",
     ]

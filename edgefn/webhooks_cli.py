@@ -1,4 +1,5 @@
 """`edgefn webhooks replay`: apply stored webhook deliveries again.
+(`edgefn webhooks trigger`, a signed test delivery, is edgefn/webhooks_trigger.py.)
 
     edgefn webhooks replay --since 2h                    # everything received (or dated) in the last 2 hours
     edgefn webhooks replay --since 2026-05-01T00:00Z --until 2026-05-02 --provider paystack
@@ -60,11 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed, change nothing")
     p.add_argument("--database-url", default=None, help="Postgres DSN (default: DATABASE_URL)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from edgefn import webhooks_trigger
+
+    t = sub.add_parser("trigger", help="send a realistic, signed delivery of one provider event to a local server",
+                       description=webhooks_trigger.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    webhooks_trigger.add_arguments(t)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "trigger":
+        from edgefn import webhooks_trigger
+
+        return webhooks_trigger.run(args)
     if getattr(args, "action", None) != "replay":
-        raise CommandError("say what to do: edgefn webhooks replay --since 2h (or --pending)")
+        raise CommandError("say what to do: edgefn webhooks replay --since 2h (or --pending), "
+                           "or edgefn webhooks trigger paystack charge.success")
     if not args.pending and not args.since:
         raise CommandError("give --since (e.g. --since 2h) or --pending")
     outcomes = [o.strip() for o in args.outcome.split(",") if o.strip()] if args.outcome else None
