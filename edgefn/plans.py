@@ -13,7 +13,7 @@ The file (TOML) holds one `[[plan]]` table per plan:
     provider_plan_code = "PLN_gx2wn530m0i3w3m"   # Paystack's plan code, or the store product id
     amount = 200000                      # the price in the currency's minor unit (kobo, cents)
     currency = "NGN"
-    interval = "monthly"                 # monthly or annually (yearly)
+    interval = "monthly"                 # daily, weekly, monthly, quarterly, biannually, annually
     tier = "paid"                        # free, paid or admin: what an active subscription grants
     active = true                        # optional (default true)
 
@@ -40,9 +40,9 @@ from edgefn.cli import CommandError
 
 PROVIDERS = ("paystack", "revenuecat")
 TIERS = ("free", "paid", "admin")
-#: Paystack's interval names the database accepts (0006); `annually` is stored as `yearly`
-INTERVALS = ("monthly", "annually", "yearly")
-STORED_INTERVAL = {"annually": "yearly"}
+#: Paystack's plan intervals the database accepts (migration 0022) and
+#: functions.webhooks.state.add_interval knows; `yearly` is 0006's name for `annually`
+INTERVALS = ("daily", "weekly", "monthly", "quarterly", "biannually", "annually", "yearly")
 KEYS = ("code", "provider", "provider_plan_code", "amount", "currency", "interval", "tier", "active")
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
@@ -174,7 +174,7 @@ def _check(t: Any, where: str) -> tuple[PlanSpec | None, list[str]]:
         errs.append(f"{where}: currency must be a three-letter ISO 4217 code in capitals (NGN, USD), got {_got(currency)}")
     interval = t.get("interval")
     if interval not in INTERVALS:
-        extra = " (Paystack's other intervals are not supported yet)" if isinstance(interval, str) else ""
+        extra = " (Paystack's hourly plans are for its tests: a period of an hour is no tier)" if interval == "hourly" else ""
         errs.append(f"{where}: interval must be one of {', '.join(INTERVALS)}{extra}, got {_got(interval)}")
     tier = t.get("tier")
     if tier not in TIERS:
@@ -184,7 +184,7 @@ def _check(t: Any, where: str) -> tuple[PlanSpec | None, list[str]]:
         errs.append(f"{where}: active must be true or false, got {active!r}")
     if errs:
         return None, errs
-    return PlanSpec(code, provider, ppc, amount, currency, STORED_INTERVAL.get(interval, interval), tier, active), []
+    return PlanSpec(code, provider, ppc, amount, currency, interval, tier, active), []
 
 
 def _got(value: Any) -> str:

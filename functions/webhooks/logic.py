@@ -4,8 +4,10 @@
    the raw body; RevenueCat: the Authorization value), all constant-time, before anything
    is parsed or written: a failure is a 401 (403 for the allow-list) and writes nothing;
 2. parse (a correctly signed body that is not an event is stored as `invalid`);
-3. RevenueCat with `revenuecat_verify`: re-read the subscriber, under its own timeout; a
-   failure stores the delivery as `pending` (reconciliation finishes it);
+3. with `paystack_verify` / `revenuecat_verify`: read the object back from the provider
+   (truth.py), under its own deadline and the provider's circuit breaker, and apply the
+   provider's answer; when the read fails the body is applied and the delivery queued in
+   `webhook_verify_pending` (same transaction) for reconciliation to verify;
 4. ONE service-role transaction, under a deadline: store the raw delivery (a unique key
    per provider makes a replay, or any number of concurrent copies, find the stored row
    and apply nothing), apply it, recompute each affected user's tier into
@@ -120,33 +122,12 @@ def _not_configured(key: str) -> errors.ServiceUnavailable:
 
 
 async def reread(services: Services, settings: WebhooksSettings, p: Parsed) -> tuple[Any, str | None]:
-    """(subscriber JSON, None), or (None, why it failed), or (None, None) when not wanted."""
-    if p.provider != "revenuecat" or not revenuecat.wants_reread(p, settings):
-        return None, None
-    if not settings.revenuecat_api_key:
-        return None, "REVENUECAT_API_KEY is not configured"
-    e = p.event.event
-    user = e.app_user_id or e.original_app_user_id
-    if not user:
-        return None, "no app_user_id to re-read"
-    from urllib.parse import quote
+    """(the provider's Snapshot, None), or (None, why reading it failed), or (None, None) when
+    no read is wanted (functions/webhooks/truth.py)."""
+    from functions.webhooks import truth
 
-    url = f"{settings.revenuecat_api_url.rstrip('/')}/v1/subscribers/{quote(user, safe='')}"
-    try:
-        resp = await services.outbound.request(
-            "revenuecat", "GET", url, timeout=min(settings.revenuecat_api_timeout_s, settings.webhook_deadline_s / 2),
-            headers={"Authorization": f"Bearer {settings.revenuecat_api_key}", "Accept": "application/json"},
-        )
-    except errors.ServiceUnavailable as exc:  # timeout, unreachable, circuit open
-        metrics.incr("webhooks.reread_failed")
-        return None, f"{exc.code}: {exc.message}"
-    if resp.status_code != 200:
-        metrics.incr("webhooks.reread_failed")
-        return None, f"RevenueCat answered {resp.status_code}"
-    try:
-        return resp.json(), None
-    except ValueError:
-        return None, "RevenueCat answered something that is not JSON"
+    got = await truth.reread(services, settings, p)
+    return got.snapshot, got.error
 
 
 # -- one delivery in one transaction -------------------------------------------------------
@@ -231,9 +212,11 @@ async def _attempt(
             return Result(did, previous, duplicate=True)
         if p.invalid:
             applied = Applied("invalid", p.invalid)
-        elif remote_error:
-            applied = Applied("pending", f"provider re-read failed: {remote_error}"[:500])
         else:
+            if remote_error:  # the body now; reconciliation applies the provider's answer
+                store.queue_verify(did, p.provider, remote_error)
+            elif remote is not None:
+                store.verified(did)
             try:
                 applied = await PROVIDERS[p.provider].apply(store, p, p.event_at or received_at, settings, remote)
             except Exception as exc:

@@ -38,7 +38,8 @@ from functions.webhooks.delivery import Applied, Parsed, body_key, iso, parse_ti
 from functions.webhooks.models import PaystackData, PaystackEvent, PaystackPlan
 from functions.webhooks.queries import Plan, Store, Subscription, is_uuid
 from functions.webhooks.settings import WebhooksSettings
-from functions.webhooks.state import Change, add_interval, reduce
+from functions.webhooks.state import Change, Transition, add_interval, reduce
+from functions.webhooks.truth import Snapshot
 
 PROVIDER = "paystack"
 HANDLED = frozenset({
@@ -156,12 +157,35 @@ async def apply(store: Store, p: Parsed, at: datetime, settings: WebhooksSetting
     if ev.event not in HANDLED:
         return Applied("ignored", f"{ev.event} is recorded, not acted on")
     d = ev.data
+    snap: Snapshot | None = remote if isinstance(remote, Snapshot) else None
+    if snap is not None and snap.kind == "transaction":  # PAYSTACK_VERIFY: Paystack's record of the charge
+        if not snap.paid:
+            return Applied("flagged", f"Paystack says transaction {snap.key} is {snap.data.get('status')!r}, "
+                                      "not success: nothing granted")
+        d = d.model_copy(update={"amount": snap.amount, "currency": snap.currency, "status": "success"})
     handler = _HANDLERS[ev.event]
     applied = await handler(store, d, at)
+    if snap is not None and snap.kind == "subscription" and applied.changes:
+        _verified(applied, snap, at)
     for sub, t in applied.changes:
         if t.after != t.before:
             store.save_subscription(sub, t.after)
     return applied
+
+
+def _verified(applied: Applied, snap: Snapshot, at: datetime) -> None:
+    """PAYSTACK_VERIFY: the subscription as `GET /subscription/:code` answered it wins over the
+    body: its status and, while it grants, its next payment date as the paid period's end."""
+    sub, t = applied.changes[-1]
+    granting = snap.status in ("active", "non_renewing", "past_due")
+    after = reduce(t.after, Change(
+        at, status=snap.status, status_rule="force",
+        period_end=snap.period_end if granting else None, period_rule="force",
+        metadata={"verified_at": iso(snap.fetched_at), "paystack_status": snap.data.get("status")},
+    )).after
+    applied.changes[-1] = (sub, Transition(t.before, after, stale=False))
+    if applied.outcome == "stale":
+        applied.outcome = "applied"
 
 
 async def _charge_success(store: Store, d: PaystackData, at: datetime) -> Applied:

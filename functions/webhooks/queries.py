@@ -214,6 +214,19 @@ class Store:
         results = await self._pipelined(*stmts) if len(stmts) > 1 else [await self._rows(*stmts[0])]
         return {t.user_id: (rows[0]["tier"] or "free") for t, rows in zip(tiers, results[len(queued) + 1:], strict=True)}
 
+    def queue_verify(self, delivery_id: int, provider: str, error: str) -> None:
+        """The provider could not be read for this delivery: reconciliation reads it again."""
+        self.queued.append((
+            "insert into public.webhook_verify_pending (delivery_id, provider, last_error) values (%s, %s, %s) "
+            "on conflict (delivery_id) do update set attempts = webhook_verify_pending.attempts + 1, "
+            "last_error = excluded.last_error",
+            (delivery_id, provider, error[:500]),
+        ))
+
+    def verified(self, delivery_id: int) -> None:
+        """The provider's answer was applied to this delivery: nothing left to verify."""
+        self.queued.append(("delete from public.webhook_verify_pending where delivery_id = %s", (delivery_id,)))
+
     async def delivery_by_key(self, provider: str, dedupe_key: str) -> dict[str, Any] | None:
         return await self._row(
             "select id, outcome, subscription_id, user_id from public.webhook_deliveries "

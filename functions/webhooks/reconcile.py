@@ -4,9 +4,13 @@
   1. deliveries still `pending` (unknown user, refund before its charge, failed re-read)
      or `failed`, oldest event first, each at most `webhook_max_attempts` times and for
      30 days: applied through the same path as a live delivery once their user exists;
-  2. tiers whose Redis write failed (`tier_sync_pending`): the user's current tier from
+  2. deliveries applied from their body because the provider could not be read back
+     (`webhook_verify_pending`, PAYSTACK_VERIFY / REVENUECAT_VERIFY): the provider is read
+     again and its answer applied, each at most `webhook_max_attempts` times and for 30
+     days; while its breaker is open the reads fail at once and wait for the next run;
+  3. tiers whose Redis write failed (`tier_sync_pending`): the user's current tier from
      `user_tiers` (the source of truth) is written again;
-  3. paid tiers the webhooks granted whose subscriptions have all lapsed (no EXPIRATION
+  4. paid tiers the webhooks granted whose subscriptions have all lapsed (no EXPIRATION
      arrived, or it is still being retried): recomputed, written, announced.
 - `replay(...)`: every stored delivery in a window, in event order, re-applied. Applying
   is idempotent (ordered by event time, periods recorded per charge), so a replay changes
@@ -38,6 +42,8 @@ class Report:
     tiers_pushed: int = 0
     tiers_still_pending: int = 0
     lapsed: int = 0
+    verified: int = 0
+    verify_failed: int = 0
 
     def count(self, result: Result) -> None:
         self.processed += 1
@@ -46,7 +52,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"processed": self.processed, "outcomes": dict(sorted(self.outcomes.items())), "errors": self.errors,
                 "tiers_pushed": self.tiers_pushed, "tiers_still_pending": self.tiers_still_pending,
-                "lapsed": self.lapsed}
+                "lapsed": self.lapsed, "verified": self.verified, "verify_failed": self.verify_failed}
 
 
 async def reprocess(services: Services, settings: WebhooksSettings, row: dict[str, Any], *, retry_only: bool) -> Result:
@@ -70,6 +76,7 @@ async def reconcile(services: Services, settings: WebhooksSettings | None = None
     )
     for row in rows:
         await _one(services, settings, row, report, retry_only=True)
+    await verify_pending(services, settings, report, limit=limit)
     await push_pending_tiers(services, report, limit=limit)
     await expire_lapsed(services, report, limit=limit)
     out = report.as_dict()
@@ -117,6 +124,35 @@ async def _one(services: Services, settings: WebhooksSettings, row: dict[str, An
     if not result.duplicate:
         report.count(result)
     return result
+
+
+async def verify_pending(services: Services, settings: WebhooksSettings, report: Report, *, limit: int = 200) -> None:
+    """Read the provider again for each delivery applied from its body, and apply its answer."""
+    rows = await services.db.fetch(
+        "select v.delivery_id as id, d.provider, d.body from public.webhook_verify_pending v "
+        "join public.webhook_deliveries d on d.id = v.delivery_id "
+        f"where v.attempts < %s and v.queued_at > now() - interval '{RETRY_WINDOW_DAYS} days' "
+        "order by v.queued_at limit %s",
+        (settings.webhook_max_attempts, limit), service=True,
+    )
+    for row in rows:
+        parsed = PROVIDERS[row["provider"]].parse(bytes(row["body"]))
+        remote, remote_error = await reread(services, settings, parsed)
+        if remote is None:  # still failing (or no longer configured): try again next run
+            report.verify_failed += 1
+            await services.db.fetch(
+                "update public.webhook_verify_pending set attempts = attempts + 1, last_error = %s "
+                "where delivery_id = %s",
+                ((remote_error or "verification is not configured")[:500], row["id"]), service=True,
+            )
+            continue
+        try:
+            await run(services, settings, parsed, delivery_id=int(row["id"]), remote=remote, timeout=30.0)
+        except Exception as exc:
+            report.errors += 1
+            json_log.log("error", "webhook verification failed", delivery_id=row["id"], error=repr(exc))
+            continue
+        report.verified += 1
 
 
 async def push_pending_tiers(services: Services, report: Report, *, limit: int = 200) -> None:

@@ -99,8 +99,8 @@ async def apply(store: Store, p: Parsed, at: datetime, settings: WebhooksSetting
     entitled = bool(e.entitlement_ids or e.entitlement_id)
     tier = plan.tier if plan else (settings.revenuecat_entitlement_tier if entitled else "free")
     change = _change(e, kind, at, tier, plan.code if plan else e.product_id)
-    if remote is not None:
-        change = _verified(change, remote, e.product_id)
+    if remote is not None:  # a truth.Snapshot of the subscriber (REVENUECAT_VERIFY)
+        change = _verified(change, getattr(remote, "data", remote), e.product_id)
     sub = await store.lock_subscription(PROVIDER, ref, user)
     t = reduce(sub.state, change)
     applied = Applied("stale" if t.stale and t.before == t.after else "applied", user_id=user, subscription_id=sub.id)

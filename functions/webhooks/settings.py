@@ -19,17 +19,29 @@ class WebhooksSettings(CoreSettings):
     publishes 52.31.139.75, 52.49.173.169, 52.214.14.220. The client address is read the same
     trusted way as the rate limiter's (TRUSTED_PROXY_HEADER)."""
 
+    paystack_verify: bool = False
+    """Read the object a Paystack delivery is about back from Paystack's API (`GET
+    /transaction/verify/:reference` for a charge, `GET /subscription/:code` for subscription
+    and invoice events, with PAYSTACK_SECRET_KEY) and apply Paystack's answer, not the body.
+    A failed read applies the body and queues the delivery for reconciliation to verify"""
+    paystack_api_url: str = "https://api.paystack.co"
+    """Paystack's API base URL (PAYSTACK_VERIFY)."""
+    paystack_api_timeout_s: float = 0.4
+    """Deadline of a Paystack API read, in seconds (at most half of `webhook_deadline_s`)."""
+
     # RevenueCat: the exact Authorization header value set in the dashboard
     revenuecat_webhook_auth: str | None = None
     """The exact Authorization header value set in RevenueCat's dashboard (secret)."""
     revenuecat_verify: bool = False
-    """Re-read the subscriber from the RevenueCat API before applying an event"""
+    """Re-read the subscriber from the RevenueCat API (`GET /v1/subscribers/:id`, with
+    REVENUECAT_API_KEY) before applying an event, and apply its answer. A failed read applies
+    the body and queues the delivery for reconciliation to verify"""
     revenuecat_api_key: str | None = None
     """RevenueCat secret API key (v1), for REVENUECAT_VERIFY (secret)."""
     revenuecat_api_url: str = "https://api.revenuecat.com"
     """RevenueCat's API base URL."""
     revenuecat_api_timeout_s: float = 0.4
-    """Deadline of the RevenueCat re-read, in seconds."""
+    """Deadline of the RevenueCat re-read, in seconds (at most half of `webhook_deadline_s`)."""
     revenuecat_allow_sandbox: bool = True
     """SANDBOX purchases (TestFlight, test cards) change tiers; turn off in production"""
     revenuecat_entitlement_tier: Literal["free", "paid", "admin"] = "paid"

@@ -67,7 +67,7 @@ def test_sync_upserts_idempotently_and_dry_run_changes_nothing(
     assert capsys.readouterr().out.strip().splitlines()[-1] == "created=2 updated=0 unchanged=0 deactivated=0"
     got = rows(plans_db)
     assert got["gold_monthly"] == ("paystack", "paid", 500000, "NGN", "monthly", "PLN_gold_monthly_1", True)
-    assert got["gold_ios"] == ("revenuecat", "paid", 999, "USD", "yearly", "com.example.gold", True)  # Paystack's name, stored
+    assert got["gold_ios"] == ("revenuecat", "paid", 999, "USD", "annually", "com.example.gold", True)
 
     assert sync(tmp_path, plans_db, GOOD) == 0  # again: nothing to do
     assert capsys.readouterr().out.strip() == "created=0 updated=0 unchanged=2 deactivated=0"
@@ -91,8 +91,8 @@ def test_sync_upserts_idempotently_and_dry_run_changes_nothing(
 
     assert main(["plans", "list", "--database-url", plans_db]) == 0
     listed = capsys.readouterr().out
-    assert "gold_ios  revenuecat  com.example.gold  999 USD  yearly  paid" in listed
-    assert "silver_ios  revenuecat  com.example.silver  999 USD  yearly  paid  (inactive)" in listed
+    assert "gold_ios  revenuecat  com.example.gold  999 USD  annually  paid" in listed
+    assert "silver_ios  revenuecat  com.example.silver  999 USD  annually  paid  (inactive)" in listed
 
 
 def test_every_problem_of_a_file_is_reported_at_once_and_nothing_written(
@@ -104,7 +104,7 @@ code = "bad one"
 provider = "stripe"
 amount = 2000.50
 currency = "ngn"
-interval = "weekly"
+interval = "hourly"
 tier = "gold"
 colour = "red"
 
@@ -120,7 +120,7 @@ tier = "paid"
     err = capsys.readouterr().err
     for words in ("plan 1 (bad one): unknown key 'colour'", "code must be", "provider must be one of paystack, revenuecat",
                   "amount must be a whole number", "NGN 2,000 is 200000 kobo", "currency must be a three-letter",
-                  "interval must be one of", "tier must be one of free, paid, admin",
+                  "interval must be one of", "hourly plans are for its tests", "tier must be one of free, paid, admin",
                   "plan 2 (ok_but_no_paystack_code): provider_plan_code is required for a Paystack plan"):
         assert words in err, words
     assert rows(plans_db) == before
