@@ -48,13 +48,14 @@ class WebhooksSettings(CoreSettings):
     """The tier an active RevenueCat entitlement grants when its product is not a plan row"""
 
     webhook_deadline_s: float = 0.9
-    """A delivery is answered within this many seconds: the optional re-read (at most
-    `revenuecat_api_timeout_s`) and then the database work in what is left; past it the answer
-    is 503, so the provider retries (the providers wait far longer than this)"""
+    """A delivery is answered within this many seconds: the optional provider read (at most
+    its `*_api_timeout_s`, and at most half of this) and then the database work in what is
+    left; past it the answer is 503, so the provider retries (they wait far longer than this)"""
     webhook_max_body: int = 256 * 1024
     """Largest delivery body accepted, in bytes (413 beyond)."""
     webhook_max_attempts: int = 20
-    """Reconciliation retries a pending or failed delivery at most this many times"""
+    """Reconciliation retries a pending or failed delivery, or a provider read that failed,
+    at most this many times"""
 
     @field_validator("paystack_allowed_ips", mode="before")
     @classmethod
