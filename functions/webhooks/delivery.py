@@ -4,12 +4,12 @@ dedupe key, type, time, subject) and, once applied, its outcome and effects."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from functions.webhooks.queries import Subscription
-from functions.webhooks.state import Transition
+if TYPE_CHECKING:
+    from functions.webhooks.queries import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,18 +24,37 @@ class Parsed:
     #: the validated payload model; None when `invalid`
     event: Any = None
     invalid: str | None = None
+    #: what the fold reads (state.Fact as JSON); None: the event is only recorded
+    fact: dict[str, Any] | None = None
+    #: the stream the fact belongs to (None: found at apply time, see `waits`)
+    stream: str | None = None
+    #: identifiers this delivery provides to others (`ref:<charge>`, `rc:<app user id>`)
+    keys: list[str] | None = None
+    #: the key a stream-less delivery joins a stream by (a refund: its charge's `ref:`)
+    waits: str | None = None
+    #: why a well-formed event is only recorded (`ignored`)
+    ignored: str | None = None
+
+    def locks(self) -> list[str]:
+        """Advisory lock names that serialize every delivery that could fold with this one."""
+        names = {*(self.keys or ())}
+        if self.stream:
+            names.add(self.stream)
+        if self.waits:
+            names.add(self.waits)
+        return sorted(names)
 
 
-@dataclass(slots=True)
-class Applied:
-    outcome: str
-    error: str | None = None
-    user_id: str | None = None
-    subscription_id: str | None = None
-    #: subscriptions written, with how they changed
-    changes: list[tuple[Subscription, Transition]] = field(default_factory=list)
-    #: users whose tier must be recomputed (owners of changed or moved subscriptions)
-    users: set[str] = field(default_factory=set)
+@dataclass(frozen=True, slots=True)
+class FoldContext:
+    """What a fold may look up, loaded in one round trip before it: `uid:<id>` (a live
+    account), `ext:<provider id>` (billing_customers), `email:<email>` -> user id; plans by
+    `pp:<provider plan code>` and `code:<our code>`."""
+
+    users: dict[str, str]
+    plans: dict[str, Plan]
+    allow_sandbox: bool = True
+    entitlement_tier: str = "paid"
 
 
 def body_key(body: bytes) -> str:

@@ -5,9 +5,10 @@
    is parsed or written: a failure is a 401 (403 for the allow-list) and writes nothing;
 2. parse (a correctly signed body that is not an event is stored as `invalid`);
 3. with `paystack_verify` / `revenuecat_verify`: read the object back from the provider
-   (truth.py), under its own deadline and the provider's circuit breaker, and apply the
-   provider's answer; when the read fails the body is applied and the delivery queued in
-   `webhook_verify_pending` (same transaction) for reconciliation to verify;
+   (truth.py), under its own deadline and the provider's circuit breaker; its answer
+   enters the fold as a provider snapshot (state.py) riding on the delivery's fact; when
+   the read fails the body is applied and the delivery queued in `webhook_verify_pending`
+   (same transaction) for reconciliation to verify;
 4. ONE service-role transaction, under a deadline: store the raw delivery (a unique key
    per provider makes a replay, or any number of concurrent copies, find the stored row
    and apply nothing), apply it, recompute each affected user's tier into
@@ -34,9 +35,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from functions.webhooks import paystack, revenuecat
-from functions.webhooks.delivery import Applied, Parsed, iso
+from functions.webhooks.delivery import Parsed
 from functions.webhooks.models import WebhookAck
-from functions.webhooks.queries import RETRYABLE, Store, TierUpdate
+from functions.webhooks.queries import RETRYABLE, Store
 from functions.webhooks.settings import WebhooksSettings
 from functions.webhooks.verify import ip_allowed, paystack_signature_ok, revenuecat_auth_ok
 from shared import errors
@@ -176,17 +177,23 @@ async def _run(
 
 
 async def _open(store: Store, p: Parsed, incoming: Incoming | None, delivery_id: int | None,
-                retry_only: bool) -> tuple[int, str, datetime, bool]:
+                retry_only: bool, folds: bool = False) -> tuple[int, str, datetime, bool]:
     """(id, outcome so far, received_at, proceed) of the delivery, stored or re-opened
-    (locked, unless it is a duplicate of a finished one)."""
+    (locked, unless it is a duplicate of a finished one), with its fact when it has one."""
+    fact, stream, keys, waits = (p.fact, p.stream, p.keys, p.waits) if folds else (None, None, None, None)
     if incoming is not None:
         d = await store.record(p.provider, p.dedupe_key, p.event_type, p.event_at, incoming.received_at,
-                               incoming.headers, incoming.body, p.subject)
-        return d.id, d.outcome, d.received_at, d.is_new or d.outcome in RETRYABLE
+                               incoming.headers, incoming.body, p.subject, fact, stream, keys, waits)
+        proceed = d.is_new or d.outcome in RETRYABLE
+        if proceed and not d.is_new:
+            await store.store_fact(d.id, fact, stream, keys, waits)
+        return d.id, d.outcome, d.received_at, proceed
     row = await store.lock_delivery(delivery_id or 0)
     if row is None:
         raise errors.NotFound(f"no delivery {delivery_id}", code="DELIVERY_NOT_FOUND")
     proceed = not retry_only or row["outcome"] in RETRYABLE
+    if proceed:
+        await store.store_fact(int(row["id"]), fact, stream, keys, waits)
     return int(row["id"]), row["outcome"], row["received_at"], proceed
 
 
@@ -205,20 +212,29 @@ async def _attempt(
     services: Services, settings: WebhooksSettings, p: Parsed, incoming: Incoming | None,
     delivery_id: int | None, retry_only: bool, remote: Any, remote_error: str | None,
 ) -> Result:
+    from functions.webhooks.apply import Applied, apply
+
+    folds = p.fact is not None and not p.invalid
+    if folds and remote is not None:
+        PROVIDERS[p.provider].with_truth(p.fact, remote)
     async with services.db.transaction(service=True) as conn:
         store = Store(conn)
-        did, previous, received_at, proceed = await _open(store, p, incoming, delivery_id, retry_only)
+        if folds:
+            await store.lock(p.provider, p.locks())
+        did, previous, received_at, proceed = await _open(store, p, incoming, delivery_id, retry_only, folds)
         if not proceed:
             return Result(did, previous, duplicate=True)
+        if remote_error and folds:  # the body now; reconciliation applies the provider's answer
+            store.queue_verify(did, p.provider, remote_error)
+        elif remote is not None and folds:
+            store.verified(did)
         if p.invalid:
             applied = Applied("invalid", p.invalid)
+        elif p.fact is None:
+            applied = Applied("ignored", p.ignored)
         else:
-            if remote_error:  # the body now; reconciliation applies the provider's answer
-                store.queue_verify(did, p.provider, remote_error)
-            elif remote is not None:
-                store.verified(did)
             try:
-                applied = await PROVIDERS[p.provider].apply(store, p, p.event_at or received_at, settings, remote)
+                applied = await apply(store, p, did, settings)
             except Exception as exc:
                 if _transient(exc):
                     raise
@@ -228,7 +244,7 @@ async def _attempt(
             outcome = "applied"  # a replay of an applied event that newer ones have since overtaken
         try:
             tiers = await store.finish(did, outcome, user_id=applied.user_id, subscription_id=applied.subscription_id,
-                                       error=applied.error, subject=p.subject, tiers=_tier_updates(p, did, applied))
+                                       error=applied.error, subject=p.subject, tiers=applied.tiers)
         except Exception as exc:
             if _transient(exc):
                 raise
@@ -250,27 +266,11 @@ async def _record_failure(services: Services, p: Parsed, incoming: Incoming | No
     return Result(did, "failed", error=error)
 
 
-def _tier_updates(p: Parsed, delivery_id: int, applied: Applied) -> list[TierUpdate]:
-    updates = []
-    for user in sorted(applied.users):
-        # a moved subscription (TRANSFER, aliases) still names its previous owner in `s`
-        changes = [(s, t) for s, t in applied.changes if user in (s.user_id, applied.user_id)]
-        payload = event_payload(user, changes, provider=p.provider, provider_event=p.event_type,
-                                delivery_id=delivery_id)
-        updates.append(TierUpdate(user, payload, any(t.changed for _, t in changes)))
-    return updates
-
-
-def event_payload(user: str, changes: list[Any], **extra: Any) -> dict[str, Any]:
+def event_payload(user: str, **extra: Any) -> dict[str, Any]:
     """`subscription.changed` data: the orchestrator routes it to `user_id` and bumps the
     user's dashboard cache; the statement that recomputes the tier adds `tier` (now) and
     `previous_tier`."""
-    payload: dict[str, Any] = {"user_id": user, **extra}
-    if changes:
-        sub, t = changes[-1]
-        payload.update(subscription_id=sub.id, status=t.after.status, plan_code=t.after.plan_code,
-                       current_period_end=iso(t.after.current_period_end))
-    return payload
+    return {"user_id": user, **extra}
 
 
 async def push_tiers(services: Services, store: Store, tiers: dict[str, str]) -> None:

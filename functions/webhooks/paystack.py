@@ -1,53 +1,74 @@
-"""Paystack events: what each one means for a subscription.
+"""Paystack events: their facts, and how a customer's facts fold into subscriptions.
 
 Paystack sends `{"event": ..., "data": ...}` with no event id, so a delivery is known by
 its type plus the data's reference or id (`charge.success:T173424527684156`; refunds by
-their id; subscription and invoice events, whose object changes state more than once, by
-its code plus a digest of the body, which a retry repeats exactly). A tier is granted only
-by money whose amount and currency equal the plan's price:
+their refund reference; subscription and invoice events, whose object changes state more
+than once, by its code plus a digest of the body, which a retry repeats exactly).
 
-- `charge.success`: the plan is Paystack's own (`data.plan.plan_code`), else the plan the
-  checkout named in `metadata.plan`; either way the amount and currency must equal that
-  plan's price, else the delivery is `flagged` and nothing is granted. The paid period runs
-  from the later of the payment and the current period end (paying early loses nothing),
-  and is recorded per reference, so a replay never extends twice;
-- `invoice.update` (paid): a renewal, checked against the subscription's plan the same way;
-  the period runs to Paystack's next payment date;
-- `subscription.create`: records the subscription code (later events name only it);
-  grants nothing by itself;
-- `subscription.not_renew` / `subscription.disable`: `non_renewing` / `cancelled`: access
-  lasts to the end of the paid period;
-- `invoice.payment_failed`: `past_due` (the paid period still runs);
-- `invoice.create`: recorded on the subscription (the upcoming charge);
-- `refund.processed`: a full refund takes back the period its charge granted (once); a
-  partial one is flagged for a human.
+The stream is the Paystack customer (`data.customer.customer_code`): every event but a
+refund names it. A refund names only its charge (`data.transaction_reference`) and joins
+that charge's stream; until the charge is recorded it waits (`pending`) and the charge's
+own delivery folds it in. Each subscription row is one customer and one of our plans
+(`{customer_code}:{plan}`); invoices name only the subscription code, whose plan comes
+from a `subscription.create` / `not_renew` / `disable` (or a provider snapshot) naming
+both. Until one is recorded the invoice waits.
 
-Users: `metadata.user_id` (set by our checkout), else the customer code seen with an
-earlier event, else the account with the customer's email.
+What each fact does in the fold (state.py orders them):
+
+- `charge.success`: a payment of the plan Paystack names (`data.plan.plan_code`), else of
+  the plan the checkout named in `metadata.plan`; its amount and currency must be the
+  plan's price, else `flagged` and nothing is granted. Paid period: from the later of the
+  payment and the current period end, one interval long, recorded per reference (the
+  renewal's own charge.success and its invoice.update share a reference: counted once);
+- `invoice.update` (paid): a renewal of the subscription's plan, checked the same way;
+  paid period from `period_start` to the subscription's `next_payment_date`;
+- `invoice.payment_failed`: `past_due` (the paid period still runs); `invoice.create`
+  and unpaid updates change nothing;
+- `subscription.create`: the subscription code of the customer's plan (grants nothing);
+- `subscription.not_renew` / `subscription.disable` (no time of their own): only move
+  forward, to `non_renewing` / `cancelled`; access lasts to the end of the paid period.
+  A notice about an older subscription code of the same customer and plan is `stale`;
+- `refund.processed` (amount is a string): recorded against its charge, whichever event
+  paid it. Once the refunds of a charge add up to its amount, the period it paid for is
+  taken back (the period end moves back by its length: a full refund of the current
+  period's charge ends access where that period began); when every charge is refunded,
+  the subscription is `expired`. A partial refund changes no access.
+
+Users, per event: a verified `metadata.user_id` (a live account), then the subscription's
+owner, then the customer code (`billing_customers`), then the customer's email. An event
+whose verified user is not the owner is `flagged` with both ids and grants nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from functions.webhooks.delivery import Applied, Parsed, body_key, iso, parse_time
+from functions.webhooks.delivery import FoldContext, Parsed, body_key, iso, parse_time
 from functions.webhooks.models import PaystackData, PaystackEvent, PaystackPlan
-from functions.webhooks.queries import Plan, Store, Subscription, is_uuid
-from functions.webhooks.settings import WebhooksSettings
-from functions.webhooks.state import Change, Transition, add_interval, reduce
-from functions.webhooks.truth import Snapshot
+from functions.webhooks.queries import Plan, is_uuid
+from functions.webhooks.state import (
+    Fact,
+    Folded,
+    Result,
+    Row,
+    SubState,
+    add_interval,
+    order_key,
+    parse_dt,
+)
 
 PROVIDER = "paystack"
 HANDLED = frozenset({
     "charge.success", "subscription.create", "subscription.not_renew", "subscription.disable",
     "invoice.create", "invoice.update", "invoice.payment_failed", "refund.processed",
 })
-#: charges remembered per subscription (for idempotent periods and refunds)
-MAX_CHARGES = 24
+#: Paystack's subscription statuses (API and events) as ours
+STATUSES = {"active": "active", "non-renewing": "non_renewing", "attention": "past_due", "complete": "cancelled",
+            "completed": "cancelled", "cancelled": "cancelled"}
 
 
 def parse(body: bytes) -> Parsed:
@@ -64,29 +85,32 @@ def parse(body: bytes) -> Parsed:
     ident: str | None = d.reference if ev.event.startswith("charge.") else None
     if ev.event.startswith(("subscription.", "invoice.")):
         # the same subscription or invoice changes state more than once and Paystack sends
-        # no event id; a retry repeats the body byte for byte. (Applying these twice would
-        # be harmless anyway: statuses are ordered, periods only extend to a date.)
+        # no event id; a retry repeats the body byte for byte
         code = d.subscription_code if ev.event.startswith("subscription.") else d.invoice_code
         ident = code and f"{code}:{hashlib.sha256(body).hexdigest()[:16]}"
     elif ev.event.startswith("refund."):
         ident = str(d.id) if d.id is not None else d.refund_reference or d.transaction_reference
     ident = ident or d.reference or (str(d.id) if d.id is not None else None)
     key = f"{ev.event}:{ident}" if ident else f"{ev.event}:{body_key(body)}"
-    return Parsed(PROVIDER, key[:500], ev.event, _event_time(ev.event, d), _subject(d), ev)
+    fact, ignored = _fact(ev.event, d)
+    customer = d.customer.customer_code if d.customer is not None else None
+    stream = keys = waits = None
+    if fact is not None:
+        if fact["kind"] == "refund":
+            waits = f"ref:{fact['ref']}"
+        else:
+            stream = f"cus:{customer}" if customer else (f"ref:{d.reference}" if d.reference else None)
+            if fact.get("ref"):
+                keys = [f"ref:{fact['ref']}"]
+            if stream is None:
+                fact, ignored = None, "names no customer"
+    at = parse_time(fact["at"]) if fact and fact.get("at") else None
+    return Parsed(PROVIDER, key[:500], ev.event, at, _subject(d), ev, fact=fact, stream=stream,
+                  keys=keys, waits=waits, ignored=ignored)
 
 
 def _paid(d: PaystackData) -> bool:
     return d.paid is True or (d.status or "").lower() == "success"
-
-
-def _event_time(event: str, d: PaystackData) -> datetime | None:
-    if event.startswith("charge."):
-        return parse_time(d.paid_at or d.paidAt or d.created_at or d.createdAt)
-    if event.startswith("invoice."):
-        return parse_time((d.paid_at if _paid(d) else None) or d.updated_at or d.updatedAt)
-    # otherwise only the object's creation time is sent, which says nothing about when this
-    # change happened: the receipt time is closer
-    return parse_time(d.updated_at or d.updatedAt)
 
 
 def _subject(d: PaystackData) -> str | None:
@@ -113,263 +137,370 @@ def _plan_code(d: PaystackData) -> str | None:
     return p or None
 
 
-async def _user(store: Store, d: PaystackData, *, plan_code: str | None = None,
-                provider_plan_code: str | None = None) -> tuple[str | None, Plan | None]:
-    """The user (and, in the same round trip, the plan when one is named)."""
-    meta = _metadata(d)
-    hint = meta.get("user_id") or meta.get("supabase_user_id")
+def _amount(value: Any) -> int | None:
+    """Paystack's amounts: integers, except refunds' (strings in the docs)."""
+    try:
+        return int(str(value).strip()) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+
+
+def _t(value: str | None) -> str | None:
+    return iso(parse_time(value))
+
+
+def _fact(event: str, d: PaystackData) -> tuple[dict[str, Any] | None, str | None]:
+    """(the fact the fold reads, None) or (None, why the event is only recorded)."""
+    if event not in HANDLED:
+        return None, f"{event} is recorded, not acted on"
     c = d.customer
-    code = c.customer_code if c is not None else None
-    email = (c.email or "").strip().lower() or None if c is not None else None
-    return await store.user_and_plan(
-        PROVIDER, user_ids=[hint] if is_uuid(hint) else [], external_ids=[code] if code else [],
-        email=email, learn=[code] if code else [], plan_code=plan_code, provider_plan_code=provider_plan_code,
-    )
+    who = {"customer": c.customer_code if c else None,
+           "email": ((c.email or "").strip().lower() or None) if c else None}
+    extra = d.model_extra or {}
+    if event == "charge.success":
+        if (d.status or "success").lower() != "success":
+            return None, f"charge status {d.status}"
+        meta = _metadata(d)
+        named = meta.get("plan") or meta.get("plan_code")
+        code = _plan_code(d)
+        if not code and not named:
+            return None, "a payment without a plan"
+        hint = meta.get("user_id") or meta.get("supabase_user_id")
+        return {"kind": "charge", "at": _t(d.paid_at or d.paidAt or d.created_at or d.createdAt),
+                "ref": d.reference or f"id:{d.id}", "plan": code, "meta_plan": None if code else str(named),
+                "amount": d.amount, "currency": (d.currency or "").upper(),
+                "user": hint if isinstance(hint, str) else None, **who}, None
+    if event.startswith("subscription."):
+        kind = {"subscription.create": "sub_create", "subscription.not_renew": "not_renew",
+                "subscription.disable": "disable"}[event]
+        plan = d.plan if isinstance(d.plan, PaystackPlan) else None
+        f: dict[str, Any] = {"kind": kind, "sub": d.subscription_code, "plan": _plan_code(d), **who}
+        if kind == "sub_create":
+            # its creation time is this event's own time (not so for the notices that follow)
+            f.update(at=_t(d.createdAt or d.created_at), amount=d.amount,
+                     currency=((plan.currency if plan else None) or d.currency or "").upper() or None,
+                     next_payment=_t(d.next_payment_date), email_token=d.email_token)
+        if not d.subscription_code:
+            return None, "a subscription event without a subscription code"
+        return f, None
+    if event.startswith("invoice."):
+        sub = (d.subscription or {}).get("subscription_code") or d.subscription_code
+        if not sub:
+            return None, "an invoice without a subscription code"
+        base = {"sub": sub, "invoice": d.invoice_code, **who}
+        if event == "invoice.payment_failed":
+            return {"kind": "invoice_failed", "at": _t(d.created_at or d.createdAt), **base}, None
+        if event == "invoice.update" and _paid(d):
+            tx = d.transaction or {}
+            ref = tx.get("reference") or f"invoice:{d.invoice_code}"
+            return {"kind": "invoice_paid", "at": _t(d.paid_at or d.paidAt or d.updated_at or d.created_at),
+                    "ref": ref, "amount": d.amount if d.amount is not None else tx.get("amount"),
+                    "currency": (d.currency or tx.get("currency") or "").upper() or None,
+                    "start": _t(d.period_start),
+                    "next_payment": _t((d.subscription or {}).get("next_payment_date") or d.period_end), **base}, None
+        return {"kind": "invoice_open", "at": _t(d.created_at or d.createdAt), **base}, None
+    # refund.processed
+    if (d.status or "processed").lower() != "processed":
+        return None, f"refund status {d.status}"
+    ref = d.transaction_reference or (d.transaction or {}).get("reference")
+    if not ref:
+        return None, "a refund that names no charge"
+    amount = _amount(extra.get("amount") if d.amount is None else d.amount)
+    return {"kind": "refund", "at": None, "ref": ref, "refund": d.refund_reference or str(d.id),
+            "amount": amount, **who}, None
 
 
-def _price_problem(plan: Plan, amount: int | None, currency: str | None) -> str | None:
-    if amount != plan.amount_minor or (currency or "").upper() != plan.currency:
-        return (f"paid {amount} {currency}, but plan {plan.code} costs {plan.amount_minor} {plan.currency}: "
+def with_truth(fact: dict[str, Any], snap: Any) -> None:
+    """PAYSTACK_VERIFY: what Paystack's API answered (truth.Snapshot) rides on the fact. A
+    transaction read replaces the charge's amount and currency (only `success` grants); a
+    subscription read is folded as a provider snapshot at its fetch time: its status, and
+    while it grants, its next payment date as the paid period's end."""
+    if snap.kind == "transaction":
+        fact["verified"] = {"paid": bool(snap.paid), "amount": snap.amount, "currency": snap.currency,
+                            "status": snap.data.get("status"), "at": iso(snap.fetched_at)}
+    elif snap.kind == "subscription":
+        granting = snap.status in ("active", "non_renewing", "past_due")
+        fact["snapshot"] = {"at": iso(snap.fetched_at), "status": snap.status, "sub": snap.key,
+                            "plan": snap.plan_code, "period_end": iso(snap.period_end) if granting else None,
+                            "paystack_status": snap.data.get("status")}
+
+
+def expand(facts: list[Fact]) -> list[Fact]:
+    """The facts plus the provider snapshots riding on them."""
+    out = list(facts)
+    for f in facts:
+        snap = f.data.get("snapshot")
+        if snap:
+            out.append(Fact(f.delivery_id, f.key + "#snapshot", "provider_snapshot", parse_dt(snap["at"]), snap))
+    return out
+
+
+# -- the fold ------------------------------------------------------------------------------
+
+
+def _price_problem(plan: Plan, amount: Any, currency: str | None) -> str | None:
+    if amount != plan.amount_minor or (currency or plan.currency).upper() != plan.currency:
+        return (f"paid {amount} {currency or ''}, but plan {plan.code} costs {plan.amount_minor} {plan.currency}: "
                 "nothing granted")
     return None
 
 
-def _ref(d: PaystackData, plan: Plan) -> str:
-    """One subscription per customer and plan: the charge, the Paystack subscription and its
-    invoices all land on the same row."""
-    code = d.customer.customer_code if d.customer is not None else None
-    return f"{code}:{plan.code}" if code else f"charge:{d.reference}"
+class _Fold:
+    def __init__(self, facts: list[Fact], ctx: FoldContext) -> None:
+        self.ctx = ctx
+        self.facts = sorted(expand(facts), key=order_key)
+        self.out = Folded()
+        self.charges: dict[str, tuple[Row, dict[str, Any]]] = {}
+        #: subscription code -> our plan, from every fact naming both
+        self.sub_plan: dict[str, Plan | None] = {}
+        #: subscription code -> when Paystack was last read about it (a notice received before
+        #: that is already in the answer)
+        self.read_at: dict[str, datetime] = {}
+        for f in self.facts:
+            if f.kind == "provider_snapshot" and f.at is not None and f.data.get("sub"):
+                self.read_at[f.data["sub"]] = max(f.at, self.read_at.get(f.data["sub"], f.at))
+            if f.kind in ("sub_create", "not_renew", "disable", "provider_snapshot") and f.data.get("sub"):
+                plan = self._plan(f.data.get("plan"), f.data.get("plan_code"))
+                if plan is not None or f.data["sub"] not in self.sub_plan:
+                    self.sub_plan[f.data["sub"]] = plan
 
+    def _plan(self, provider_code: str | None, code: str | None = None) -> Plan | None:
+        return self.ctx.plans.get(f"pp:{provider_code}") if provider_code else (
+            self.ctx.plans.get(f"code:{code}") if code else None)
 
-def _write(applied: Applied, sub: Subscription, change: Change) -> tuple[Subscription, Any]:
-    t = reduce(sub.state, change)
-    applied.changes.append((sub, t))
-    applied.users.add(sub.user_id)
-    applied.subscription_id = sub.id
-    applied.user_id = sub.user_id
-    if t.stale and t.before == t.after:
-        applied.outcome = "stale"
-    return sub, t
+    def _row(self, customer: str | None, plan: Plan) -> Row:
+        ref = f"{customer}:{plan.code}"
+        row = self.out.rows.get(ref)
+        if row is None:
+            row = self.out.rows[ref] = Row(ref, state=SubState(tier=plan.tier, plan_code=plan.code,
+                                                               metadata={"customer_code": customer, "charges": {}}))
+        return row
 
-
-async def apply(store: Store, p: Parsed, at: datetime, settings: WebhooksSettings, remote: Any = None) -> Applied:
-    ev: PaystackEvent = p.event
-    if ev.event not in HANDLED:
-        return Applied("ignored", f"{ev.event} is recorded, not acted on")
-    d = ev.data
-    snap: Snapshot | None = remote if isinstance(remote, Snapshot) else None
-    if snap is not None and snap.kind == "transaction":  # PAYSTACK_VERIFY: Paystack's record of the charge
-        if not snap.paid:
-            return Applied("flagged", f"Paystack says transaction {snap.key} is {snap.data.get('status')!r}, "
-                                      "not success: nothing granted")
-        d = d.model_copy(update={"amount": snap.amount, "currency": snap.currency, "status": "success"})
-    handler = _HANDLERS[ev.event]
-    applied = await handler(store, d, at)
-    if snap is not None and snap.kind == "subscription" and applied.changes:
-        _verified(applied, snap, at)
-    for sub, t in applied.changes:
-        if t.after != t.before:
-            store.save_subscription(sub, t.after)
-    return applied
-
-
-def _verified(applied: Applied, snap: Snapshot, at: datetime) -> None:
-    """PAYSTACK_VERIFY: the subscription as `GET /subscription/:code` answered it wins over the
-    body: its status and, while it grants, its next payment date as the paid period's end."""
-    sub, t = applied.changes[-1]
-    granting = snap.status in ("active", "non_renewing", "past_due")
-    after = reduce(t.after, Change(
-        at, status=snap.status, status_rule="force",
-        period_end=snap.period_end if granting else None, period_rule="force",
-        metadata={"verified_at": iso(snap.fetched_at), "paystack_status": snap.data.get("status")},
-    )).after
-    applied.changes[-1] = (sub, Transition(t.before, after, stale=False))
-    if applied.outcome == "stale":
-        applied.outcome = "applied"
-
-
-async def _charge_success(store: Store, d: PaystackData, at: datetime) -> Applied:
-    if (d.status or "success").lower() != "success":
-        return Applied("ignored", f"charge status {d.status}")
-    code = _plan_code(d)
-    named = _metadata(d).get("plan") or _metadata(d).get("plan_code")
-    if not code and not named:
-        return Applied("ignored", "a payment without a plan")
-    # Paystack's own plan wins; the checkout's metadata only names one when Paystack has none
-    user, plan = await _user(store, d, provider_plan_code=code, plan_code=None if code else str(named))
-    if plan is None:
-        return Applied("flagged", f"charge for an unknown plan {code or named}: nothing granted", user_id=user)
-    if user is None:
-        return Applied("pending", "unknown user: waiting for the account")
-    problem = _price_problem(plan, d.amount, d.currency)
-    if problem:
-        return Applied("flagged", problem, user_id=user)
-    sub = await store.lock_subscription(PROVIDER, _ref(d, plan), user)
-    charges: dict[str, Any] = dict(sub.state.metadata.get("charges") or {})
-    ref = d.reference or f"id:{d.id}"
-    seen = charges.get(ref)
-    end: datetime | None
-    if seen is not None:  # applied before: the same period, never extended twice (none once refunded)
-        end = None if seen.get("refunded") else parse_time(seen["end"])
-    else:
-        current = sub.state.current_period_end
-        start = max(at, current) if current is not None and sub.state.grants(at) else at
-        end = add_interval(start, plan.interval)
-        charges[ref] = {"start": iso(start), "end": iso(end), "amount": d.amount, "currency": plan.currency}
-        if len(charges) > MAX_CHARGES:
-            for old in sorted(charges, key=lambda r: charges[r]["start"])[: len(charges) - MAX_CHARGES]:
-                del charges[old]
-    meta = {"charges": charges, "last_reference": ref}
-    if d.customer is not None and d.customer.customer_code:
-        meta["customer_code"] = d.customer.customer_code
-    applied = Applied("applied")
-    _write(applied, sub, Change(at, status="active", tier=plan.tier, plan_code=plan.code,
-                                period_end=end, period_rule="extend_to", metadata=meta))
-    return applied
-
-
-async def _subscription_create(store: Store, d: PaystackData, at: datetime) -> Applied:
-    code = _plan_code(d)
-    if not code:
-        return Applied("ignored", "subscription without a plan")
-    user, plan = await _user(store, d, provider_plan_code=code)
-    if plan is None:
-        return Applied("ignored", f"subscription to a plan that is not ours ({code})")
-    if user is None:
-        return Applied("pending", "unknown user: waiting for the account")
-    currency = d.plan.currency if isinstance(d.plan, PaystackPlan) else None
-    problem = _price_problem(plan, d.amount, currency or d.currency or plan.currency)
-    if problem:
-        return Applied("flagged", problem, user_id=user)
-    sub = await store.lock_subscription(PROVIDER, _ref(d, plan), user)
-    meta = {"subscription_code": d.subscription_code, "email_token": d.email_token,
-            "next_payment_date": d.next_payment_date, "paystack_status": d.status}
-    applied = Applied("applied")
-    # grants nothing by itself: access comes from the checked charge
-    _write(applied, sub, Change(at, tier=plan.tier, plan_code=plan.code, period_rule="extend_to",
-                                metadata={k: v for k, v in meta.items() if v is not None}))
-    return applied
-
-
-async def _subscription_status(store: Store, d: PaystackData, at: datetime, status: str) -> Applied:
-    sub = await store.paystack_subscription(d.subscription_code)
-    if sub is None:
-        code = _plan_code(d)
-        user, plan = await _user(store, d, provider_plan_code=code) if code else (None, None)
-        if plan is None:
-            return Applied("ignored", f"unknown subscription {d.subscription_code}")
+    def _who(self, f: Fact, row: Row) -> tuple[str | None, Result | None]:
+        """The user this event is for, or the result that stops it (pending / flagged)."""
+        hint = f.data.get("user")
+        if hint:
+            user = self.ctx.users.get(f"uid:{hint}") if is_uuid(hint) else None
+            if user is None:
+                return None, Result("pending", f"unknown user {hint}: waiting for the account")
+            if row.owner is not None and row.owner != user:
+                return None, Result("flagged", f"owner conflict: subscription {row.ref} belongs to {row.owner}, "
+                                               f"this payment names {user}: nothing granted", user)
+            return user, None
+        if row.owner is not None:
+            return row.owner, None
+        user = (self.ctx.users.get(f"ext:{f.data.get('customer')}") if f.data.get("customer") else None) or (
+            self.ctx.users.get(f"email:{f.data.get('email')}") if f.data.get("email") else None)
         if user is None:
-            return Applied("pending", "unknown user: waiting for the account")
-        sub = await store.lock_subscription(PROVIDER, _ref(d, plan), user)
-    applied = Applied("applied")
-    meta = {"subscription_code": d.subscription_code, "paystack_status": d.status}
-    _write(applied, sub, Change(at, status=status, metadata={k: v for k, v in meta.items() if v is not None}))
-    return applied
+            return None, Result("pending", "unknown user: waiting for the account")
+        return user, None
+
+    def _take(self, f: Fact, row: Row, user: str, status: str | None = None, **changes: Any) -> Result:
+        if row.owner is None:
+            row.owner = user
+        s = row.state
+        meta = {**s.metadata, **changes.pop("metadata", {})}
+        last = s.last_event_at if f.at is None else max(filter(None, (s.last_event_at, f.at)))
+        row.state = SubState(status=status or s.status, tier=changes.get("tier", s.tier),
+                             plan_code=changes.get("plan_code", s.plan_code),
+                             current_period_end=changes.get("end", s.current_period_end), last_event_at=last,
+                             metadata=meta)
+        row.touch(f)
+        return Result("applied", changes.get("note"), user, row.ref)
+
+    def run(self) -> Folded:
+        for f in self.facts:
+            handler = getattr(self, f"_{f.kind}", None)
+            res = handler(f) if handler is not None else Result("ignored", f"{f.kind} is not a Paystack fact")
+            if f.kind == "provider_snapshot":
+                continue  # the delivery it rides on has its own result
+            self.out.results[f.delivery_id] = res
+        return self.out
+
+    def _paid(self, f: Fact, row: Row, start: datetime, end: datetime, amount: int, currency: str | None,
+              user: str) -> Result:
+        ref = f.data["ref"]
+        if ref in self.charges:  # the renewal's charge.success and its invoice.update: one payment
+            return self._take(f, row, user, note=f"charge {ref} already counted")
+        entry = {"start": iso(start), "end": iso(end), "amount": amount, "currency": currency, "refunds": {},
+                 "refunded": False}
+        charges = {**row.state.metadata.get("charges", {}), ref: entry}
+        current = row.state.current_period_end
+        new_end = end if current is None else max(current, end)
+        self.charges[ref] = (row, entry)
+        status = row.state.status if row.state.status in ("non_renewing", "cancelled") else "active"
+        return self._take(f, row, user, status, end=new_end, metadata={"charges": charges, "last_reference": ref})
+
+    def _charge(self, f: Fact) -> Result:
+        d = f.data
+        plan = self._plan(d.get("plan"), d.get("meta_plan"))
+        if plan is None:
+            return Result("flagged", f"charge for an unknown plan {d.get('plan') or d.get('meta_plan')}: nothing granted")
+        row = self._row(d.get("customer"), plan)
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        verified = d.get("verified")
+        if verified and not verified["paid"]:
+            return Result("flagged", f"Paystack says transaction {d['ref']} is {verified.get('status')!r}, "
+                                     "not success: nothing granted", user, row.ref)
+        if verified:
+            d = {**d, "amount": verified["amount"], "currency": (verified.get("currency") or "").upper() or None}
+        problem = _price_problem(plan, d.get("amount"), d.get("currency"))
+        if problem:
+            return Result("flagged", problem, user, row.ref)
+        if d.get("user") and d.get("customer"):
+            self.out.learnt.setdefault(d["customer"], user)
+        at = f.at or parse_dt(d.get("at"))
+        assert at is not None
+        current = row.state.current_period_end
+        start = max(at, current) if current is not None and row.state.grants(at) else at
+        return self._paid(f, row, start, add_interval(start, plan.interval), d["amount"], plan.currency, user)
+
+    def _sub_row(self, f: Fact) -> tuple[Row | None, Result | None]:
+        sub = f.data.get("sub")
+        plan = self.sub_plan.get(sub)
+        if plan is None:
+            if sub in self.sub_plan:
+                return None, Result("ignored", f"subscription {sub} is to a plan that is not ours")
+            return None, Result("pending", f"waits for the subscription.create of {sub} (its plan)")
+        return self._row(f.data.get("customer"), plan), None
+
+    def _sub_create(self, f: Fact) -> Result:
+        row, stop = self._sub_row(f)
+        if row is None:
+            return stop or Result("ignored")
+        plan = self.sub_plan[f.data["sub"]]
+        assert plan is not None
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        problem = _price_problem(plan, f.data.get("amount"), f.data.get("currency"))
+        if problem:
+            return Result("flagged", problem, user, row.ref)
+        status = "active" if row.state.status == "pending" else None
+        meta = {k: f.data.get(k) for k in ("email_token", "next_payment") if f.data.get(k)}
+        return self._take(f, row, user, status, metadata={"subscription_code": f.data["sub"], **meta})
+
+    def _notice(self, f: Fact, target: str, allowed: frozenset[str]) -> Result:
+        row, stop = self._sub_row(f)
+        if row is None:
+            return stop or Result("ignored")
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        current = row.state.metadata.get("subscription_code")
+        if current and current != f.data["sub"]:
+            return Result("stale", f"about {f.data['sub']}, an earlier subscription than {current}", user, row.ref)
+        read = self.read_at.get(f.data["sub"])
+        received = parse_dt(f.data.get("received"))
+        if read is not None and received is not None and received <= read:
+            # Paystack was read after this notice arrived: its answer already says it
+            return self._take(f, row, user, None, note="already in the provider's answer read after it")
+        status = target if row.state.status in allowed else None
+        return self._take(f, row, user, status, metadata={"subscription_code": f.data["sub"]})
+
+    def _not_renew(self, f: Fact) -> Result:
+        return self._notice(f, "non_renewing", frozenset({"active", "past_due", "pending"}))
+
+    def _disable(self, f: Fact) -> Result:
+        return self._notice(f, "cancelled", frozenset({"active", "past_due", "pending", "non_renewing"}))
+
+    def _invoice_open(self, f: Fact) -> Result:
+        row, stop = self._sub_row(f)
+        if row is None:
+            return stop or Result("ignored")
+        user, stop = self._who(f, row)
+        return stop or self._take(f, row, user or "")
+
+    def _invoice_failed(self, f: Fact) -> Result:
+        row, stop = self._sub_row(f)
+        if row is None:
+            return stop or Result("ignored")
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        status = "past_due" if row.state.status in ("active", "pending") else None
+        return self._take(f, row, user, status)
+
+    def _invoice_paid(self, f: Fact) -> Result:
+        row, stop = self._sub_row(f)
+        if row is None:
+            return stop or Result("ignored")
+        plan = self.sub_plan[f.data["sub"]]
+        assert plan is not None
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        problem = _price_problem(plan, f.data.get("amount"), f.data.get("currency"))
+        if problem:
+            return Result("flagged", problem, user, row.ref)
+        at = f.at or parse_dt(f.data.get("start"))
+        assert at is not None
+        start = parse_dt(f.data.get("start")) or at
+        end = parse_dt(f.data.get("next_payment")) or add_interval(start, plan.interval)
+        return self._paid(f, row, start, end, plan.amount_minor, plan.currency, user)
+
+    def _refund(self, f: Fact) -> Result:
+        ref = f.data["ref"]
+        found = self.charges.get(ref)
+        if found is None:
+            return Result("pending", f"refund of charge {ref}, which has not arrived (or granted nothing)")
+        row, entry = found
+        refunds = {**entry["refunds"], f.data.get("refund") or str(f.delivery_id): f.data.get("amount")}
+        entry["refunds"] = refunds
+        total = sum(a or 0 for a in refunds.values())
+        user = row.owner or ""
+        if entry["refunded"] or total < int(entry["amount"] or 0):
+            return Result("applied", None if entry["refunded"] else
+                          f"partial refund ({total} of {entry['amount']}): access unchanged", user, row.ref)
+        entry["refunded"] = True
+        start, end = parse_dt(entry["start"]), parse_dt(entry["end"])
+        assert start is not None and end is not None
+        current = row.state.current_period_end or end
+        new_end = current - (end - start)
+        charges = row.state.metadata.get("charges", {})
+        everything = all(c.get("refunded") for c in charges.values())
+        return self._take(f, row, user, "expired" if everything else None, end=new_end)
+
+    def _provider_snapshot(self, f: Fact) -> Result:
+        d = f.data
+        row, stop = self._sub_row(f) if d.get("sub") else (None, Result("ignored", "a snapshot naming no subscription"))
+        if row is None:
+            return stop or Result("ignored")
+        user, stop = self._who(f, row)
+        if stop is not None:
+            return stop
+        assert user is not None
+        status = STATUSES.get(str(d.get("status")), d.get("status")) or None
+        end = parse_dt(d.get("period_end")) or row.state.current_period_end
+        meta = {"verified_at": iso(f.at), "paystack_status": d.get("paystack_status")}
+        return self._take(f, row, user, status, end=end, metadata={k: v for k, v in meta.items() if v})
 
 
-async def _not_renew(store: Store, d: PaystackData, at: datetime) -> Applied:
-    return await _subscription_status(store, d, at, "non_renewing")
+def fold(facts: list[Fact], ctx: FoldContext) -> Folded:
+    return _Fold(facts, ctx).run()
 
 
-async def _disable(store: Store, d: PaystackData, at: datetime) -> Applied:
-    return await _subscription_status(store, d, at, "cancelled")
-
-
-async def _invoice_sub(store: Store, d: PaystackData) -> Subscription | None:
-    code = (d.subscription or {}).get("subscription_code") or d.subscription_code
-    return await store.paystack_subscription(code)
-
-
-async def _invoice_create(store: Store, d: PaystackData, at: datetime) -> Applied:
-    sub = await _invoice_sub(store, d)
-    if sub is None:
-        return Applied("ignored", "invoice for an unknown subscription")
-    applied = Applied("applied")
-    _write(applied, sub, Change(at, period_rule="extend_to", metadata={"open_invoice": d.invoice_code}))
-    return applied
-
-
-async def _invoice_update(store: Store, d: PaystackData, at: datetime) -> Applied:
-    sub = await _invoice_sub(store, d)
-    paid = _paid(d)
-    if sub is None:
-        if paid:
-            user, _ = await _user(store, d)
-            return Applied("flagged" if user else "pending",
-                           "paid invoice for an unknown subscription" if user else "unknown user: waiting for the account",
-                           user_id=user)
-        return Applied("ignored", "invoice for an unknown subscription")
-    applied = Applied("applied")
-    if not paid:
-        _write(applied, sub, Change(at, period_rule="extend_to", metadata={"open_invoice": d.invoice_code}))
-        return applied
-    plan = await store.plan(PROVIDER, code=sub.state.plan_code) if sub.state.plan_code else None
-    if plan is None:
-        return Applied("flagged", f"paid invoice for a subscription without a known plan ({sub.state.plan_code})",
-                       user_id=sub.user_id, subscription_id=sub.id)
-    currency = d.currency or (d.transaction or {}).get("currency") or plan.currency
-    problem = _price_problem(plan, d.amount, currency)
-    if problem:
-        return Applied("flagged", problem, user_id=sub.user_id, subscription_id=sub.id)
-    end = parse_time((d.subscription or {}).get("next_payment_date")) or parse_time(d.period_end)
-    if end is None:
-        end = add_interval(at, plan.interval)
-    _write(applied, sub, Change(at, status="active", period_end=end, period_rule="extend_to",
-                                metadata={"open_invoice": None, "last_invoice": d.invoice_code}))
-    return applied
-
-
-async def _payment_failed(store: Store, d: PaystackData, at: datetime) -> Applied:
-    sub = await _invoice_sub(store, d)
-    if sub is None:
-        return Applied("ignored", "failed invoice for an unknown subscription")
-    applied = Applied("applied")
-    _write(applied, sub, Change(at, status="past_due", metadata={"open_invoice": d.invoice_code}))
-    return applied
-
-
-async def _refund(store: Store, d: PaystackData, at: datetime) -> Applied:
-    if (d.status or "processed").lower() != "processed":
-        return Applied("ignored", f"refund status {d.status}")
-    ref = d.transaction_reference or (d.transaction or {}).get("reference")
-    charge = await store.delivery_by_key(PROVIDER, f"charge.success:{ref}") if ref else None
-    if charge is None:
-        return Applied("pending", f"refund of charge {ref}, which has not arrived")
-    if charge["subscription_id"] is None:
-        return Applied("ignored", f"refund of charge {ref}, which granted nothing")
-    sub = await store.subscription_by_id(str(charge["subscription_id"]))
-    if sub is None:
-        return Applied("ignored", "the refunded subscription is gone")
-    charges: dict[str, Any] = dict(sub.state.metadata.get("charges") or {})
-    granted = charges.get(ref or "")
-    if granted is None:
-        return Applied("flagged", f"refund of charge {ref}, whose period is no longer recorded",
-                       user_id=sub.user_id, subscription_id=sub.id)
-    applied = Applied("applied")
-    if granted.get("refunded"):
-        _write(applied, sub, Change(at, period_rule="extend_to"))
-        return applied
-    if d.amount is None or d.amount < int(granted.get("amount") or 0):
-        return Applied("flagged", f"partial refund ({d.amount} of {granted.get('amount')}): access unchanged",
-                       user_id=sub.user_id, subscription_id=sub.id)
-    start, end = parse_time(granted["start"]), parse_time(granted["end"])
-    current = sub.state.current_period_end
-    assert start is not None and end is not None
-    new_end = (current - (end - start)) if current is not None else start
-    charges[ref or ""] = {**granted, "refunded": True}
-    status = "expired" if new_end <= datetime.now(UTC) else None
-    _write(applied, sub, Change(at, status=status, status_rule="force", period_end=new_end, period_rule="force",
-                                metadata={"charges": charges}))
-    return applied
-
-
-_HANDLERS = {
-    "charge.success": _charge_success,
-    "subscription.create": _subscription_create,
-    "subscription.not_renew": _not_renew,
-    "subscription.disable": _disable,
-    "invoice.create": _invoice_create,
-    "invoice.update": _invoice_update,
-    "invoice.payment_failed": _payment_failed,
-    "refund.processed": _refund,
-}
+def identifiers(facts: list[Fact]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(user ids, external ids, emails, plan codes) the facts name: what the fold looks up."""
+    uids, ext, emails, plans = set(), set(), set(), set()
+    for f in facts:
+        d = f.data
+        if d.get("user") and is_uuid(d["user"]):
+            uids.add(d["user"])
+        if d.get("customer"):
+            ext.add(d["customer"])
+        if d.get("email"):
+            emails.add(d["email"])
+        if d.get("plan"):
+            plans.add(f"pp:{d['plan']}")
+        for k in ("meta_plan", "plan_code"):
+            if d.get(k):
+                plans.add(f"code:{d[k]}")
+    return sorted(uids), sorted(ext), sorted(emails), sorted(plans)

@@ -106,12 +106,17 @@ with eff as (
 ), now_tier as (
     select (select tier from prev) as previous, coalesce((select tier from up), (select tier from prev)) as tier
 ), announced as (
-    select public.enqueue_event(
-        'subscription.changed',
-        %(payload)s::jsonb || jsonb_build_object('tier', n.tier, 'previous_tier', coalesce(n.previous, 'free')),
-        array[%(user)s]::uuid[])
+    -- one waiting `subscription.changed` per user: a newer state replaces the waiting one,
+    -- which keeps the tier from before the first change it announces
+    insert into public.outbox as o (event_type, payload, recipients, collapse_key)
+    select 'subscription.changed',
+           %(payload)s::jsonb || jsonb_build_object('tier', n.tier, 'previous_tier', coalesce(n.previous, 'free')),
+           array[%(user)s]::uuid[], 'subscription.changed:' || %(user)s
     from now_tier n
     where %(changed)s or coalesce(n.previous, 'free') is distinct from n.tier
+    on conflict (collapse_key) where processed_at is null and collapse_key is not null
+    do update set payload = excluded.payload || jsonb_build_object('previous_tier', o.payload -> 'previous_tier')
+    returning 1
 )
 select previous, tier, (select count(*) from announced) as announced from now_tier
 """
@@ -131,6 +136,8 @@ class Store:
         self.conn = conn
         #: writes whose result nobody reads, sent with `finish` (one round trip for all)
         self.queued: list[tuple[str, Any]] = []
+        #: subscription upserts whose ids the fold needs (`write_rows`)
+        self.upserts: list[tuple[str, Any]] = []
 
     async def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row
@@ -163,6 +170,8 @@ class Store:
     async def record(
         self, provider: str, dedupe_key: str, event_type: str | None, event_at: datetime | None,
         received_at: datetime, headers: dict[str, str], body: bytes, subject: str | None,
+        fact: dict[str, Any] | None = None, stream: str | None = None, keys: Sequence[str] | None = None,
+        waits: str | None = None,
     ) -> Delivery:
         """Store the delivery once per (provider, dedupe_key). A concurrent duplicate waits
         on the unique index until the first commits, then finds its row. A duplicate of a
@@ -170,10 +179,12 @@ class Store:
         for); one still pending or failed is locked, to be applied again."""
         row = await self._row(
             "insert into public.webhook_deliveries "
-            "(provider, dedupe_key, event_type, event_at, received_at, headers, body, subject, outcome) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, 'received') "
+            "(provider, dedupe_key, event_type, event_at, received_at, headers, body, subject, outcome, "
+            "fact, stream, keys, waits) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s) "
             "on conflict (provider, dedupe_key) do nothing returning id",
-            (provider, dedupe_key, event_type, event_at, received_at, _jsonb(headers), body, subject),
+            (provider, dedupe_key, event_type, event_at, received_at, _jsonb(headers), body, subject,
+             _jsonb(fact) if fact is not None else None, stream, list(keys) if keys else None, waits),
         )
         if row is not None:
             return Delivery(int(row["id"]), "received", True, received_at)
@@ -227,147 +238,141 @@ class Store:
         """The provider's answer was applied to this delivery: nothing left to verify."""
         self.queued.append(("delete from public.webhook_verify_pending where delivery_id = %s", (delivery_id,)))
 
-    async def delivery_by_key(self, provider: str, dedupe_key: str) -> dict[str, Any] | None:
-        return await self._row(
-            "select id, outcome, subscription_id, user_id from public.webhook_deliveries "
-            "where provider = %s and dedupe_key = %s",
-            (provider, dedupe_key),
-        )
+    # -- streams and folds -----------------------------------------------------------------
 
-    # -- plans and users ------------------------------------------------------------------
-
-    @staticmethod
-    def _plan_stmt(provider: str, code: str | None, provider_code: str | None) -> tuple[str, Any]:
-        return (
-            "select code, tier, amount_minor, currency, interval from public.subscription_plans "
-            "where provider = %s and (code = %s or provider_plan_code = %s) "
-            "order by (provider_plan_code = %s) desc nulls last limit 1",
-            (provider, code, provider_code, provider_code),
-        )
-
-    @staticmethod
-    def _plan(rows: list[dict[str, Any]]) -> Plan | None:
-        if not rows:
-            return None
-        r = rows[0]
-        return Plan(r["code"], r["tier"], int(r["amount_minor"]), r["currency"].strip(), r["interval"])
-
-    async def plan(self, provider: str, *, code: str | None = None, provider_code: str | None = None) -> Plan | None:
-        """A plan by our code or by the provider's plan / product id."""
-        if code is None and provider_code is None:
-            return None
-        return self._plan(await self._rows(*self._plan_stmt(provider, code, provider_code)))
-
-    @staticmethod
-    def _user_stmt(
-        provider: str, user_ids: Sequence[str], external_ids: Sequence[str], email: str | None,
-        learn: Sequence[str], relearn: bool,
-    ) -> tuple[str, Any]:
-        conflict = (
-            "on conflict (provider, external_id) do update set user_id = excluded.user_id"
-            if relearn else "on conflict do nothing"
-        )
-        return (
-            f"""
-            with u as (
-                select coalesce(
-                    public.webhook_find_user(%(uids)s::uuid[], null),
-                    (select b.user_id from unnest(%(ext)s::text[]) with ordinality x(ext, ord)
-                       join public.billing_customers b on b.provider = %(provider)s and b.external_id = x.ext
-                      order by x.ord limit 1),
-                    public.webhook_find_user(array[]::uuid[], %(email)s::text)
-                ) as user_id
-            ), learned as (
-                insert into public.billing_customers (provider, external_id, user_id)
-                select %(provider)s, x, u.user_id from u, unnest(%(learn)s::text[]) x
-                where u.user_id is not null
-                {conflict}
+    async def lock(self, provider: str, names: Sequence[str]) -> None:
+        """Transaction-scoped advisory locks, in sorted order: every delivery that could fold
+        with another takes a lock they share (the stream, a charge reference, a user id)."""
+        if names:
+            await self.execute(
+                "select pg_advisory_xact_lock(hashtextextended(%s || ':' || n, 0)) "
+                "from (select unnest(%s::text[]) as n order by 1) s",
+                (provider, sorted(set(names))),
             )
-            select user_id::text as user_id from u
-            """,
-            {"uids": [i for i in user_ids if is_uuid(i)], "ext": list(external_ids), "provider": provider,
-             "email": email, "learn": sorted(set(learn))},
+
+    async def stream_for(self, provider: str, key: str) -> str | None:
+        """The stream of the delivery that provides `key` (a refund's charge)."""
+        row = await self._row(
+            "select stream from public.webhook_deliveries where keys @> array[%s]::text[] and provider = %s "
+            "and stream is not null limit 1",
+            (key, provider),
         )
+        return row["stream"] if row else None
 
-    async def find_user(
-        self, provider: str, *, user_ids: Sequence[str] = (), external_ids: Sequence[str] = (),
-        email: str | None = None, learn: Sequence[str] = (), relearn: bool = False,
-    ) -> str | None:
-        """The first of: a live auth user among `user_ids` (in order), a known mapping of one
-        of `external_ids`, the (oldest) user with this `email`. On a hit, `learn` ids are
-        mapped to the user (`relearn`: even when already mapped to someone else)."""
-        rows = await self._rows(*self._user_stmt(provider, user_ids, external_ids, email, learn, relearn))
-        return rows[0]["user_id"] if rows else None
-
-    async def user_and_plan(
-        self, provider: str, *, user_ids: Sequence[str] = (), external_ids: Sequence[str] = (),
-        email: str | None = None, learn: Sequence[str] = (), plan_code: str | None = None,
-        provider_plan_code: str | None = None,
-    ) -> tuple[str | None, Plan | None]:
-        """`find_user` and `plan` in one round trip (pipelined)."""
-        if plan_code is None and provider_plan_code is None:
-            return await self.find_user(provider, user_ids=user_ids, external_ids=external_ids, email=email,
-                                        learn=learn), None
-        users, plans = await self._pipelined(
-            self._user_stmt(provider, user_ids, external_ids, email, learn, False),
-            self._plan_stmt(provider, plan_code, provider_plan_code),
-        )
-        return (users[0]["user_id"] if users else None), self._plan(plans)
-
-    async def users_for(self, provider: str, ids: list[str]) -> list[str]:
-        """Every user one of these ids names (directly, or through a mapping)."""
+    async def streams_with(self, provider: str, keys: Sequence[str]) -> list[str]:
+        """Streams whose deliveries name one of `keys` (a TRANSFER's users)."""
         rows = await self._rows(
-            "select u::text as user_id from public.webhook_existing_users(%s::uuid[]) u "
-            "union select b.user_id::text from public.billing_customers b where b.provider = %s and b.external_id = any(%s)",
-            ([i for i in ids if is_uuid(i)], provider, ids),
+            "select distinct stream from public.webhook_deliveries where keys && %s::text[] and provider = %s "
+            "and stream is not null order by 1",
+            (list(keys), provider),
         )
-        return [r["user_id"] for r in rows]
+        return [r["stream"] for r in rows]
 
-    # -- subscriptions -------------------------------------------------------------------
-
-    async def lock_subscription(self, provider: str, provider_ref: str, user_id: str) -> Subscription:
-        """The subscription row, created (pending, granting nothing) if new, locked either way."""
-        row = await self._row(
-            "insert into public.subscriptions (user_id, provider, provider_ref, status, tier) "
-            "values (%s, %s, %s, 'pending', 'free') "
-            "on conflict (provider, provider_ref) do update set provider = excluded.provider "
-            f"returning {_SUB_COLUMNS}",
-            (user_id, provider, provider_ref),
+    async def load_stream(self, provider: str, stream: str) -> list[dict[str, Any]]:
+        """Every folded delivery of the stream, plus the stream-less ones that join it now:
+        refunds waiting for one of its charges (adopted: their stream is set), TRANSFERs
+        naming one of its users."""
+        return await self._rows(
+            """
+            with mine as (
+                select id, dedupe_key, fact, outcome, error, keys, received_at from public.webhook_deliveries
+                where provider = %(p)s and stream = %(s)s and fact is not null
+            ), adopted as (
+                update public.webhook_deliveries w set stream = %(s)s
+                where w.provider = %(p)s and w.stream is null and w.fact is not null
+                  and w.waits in (select unnest(m.keys) from mine m where m.keys is not null)
+                returning id, dedupe_key, fact, outcome, error, keys, received_at
+            ), moved as (
+                select id, dedupe_key, fact, outcome, error, keys, received_at from public.webhook_deliveries w
+                where %(p)s = 'revenuecat' and w.keys && (select coalesce(array_agg(k), '{}') from mine m, unnest(m.keys) k)
+                  and w.provider = %(p)s and w.stream is null and w.fact is not null
+            )
+            select * from mine union all select * from adopted union all select * from moved
+            """,
+            {"p": provider, "s": stream},
         )
-        assert row is not None
-        return _sub(row)
 
-    async def subscription_by_id(self, sub_id: str) -> Subscription | None:
-        row = await self._row(f"select {_SUB_COLUMNS} from public.subscriptions where id = %s for update", (sub_id,))
-        return _sub(row) if row else None
-
-    async def paystack_subscription(self, subscription_code: str | None) -> Subscription | None:
-        if not subscription_code:
-            return None
-        row = await self._row(
-            f"select {_SUB_COLUMNS} from public.subscriptions "
-            "where provider = 'paystack' and metadata ->> 'subscription_code' = %s "
-            "order by updated_at desc limit 1 for update",
-            (subscription_code,),
+    async def more_transfers(self, keys: Sequence[str], known: Sequence[int]) -> list[dict[str, Any]]:
+        return await self._rows(
+            "select id, dedupe_key, fact, outcome, error, keys, received_at from public.webhook_deliveries "
+            "where keys && %s::text[] and provider = 'revenuecat' and stream is null and fact is not null "
+            "and not (id = any(%s::bigint[]))",
+            (list(keys), list(known)),
         )
-        return _sub(row) if row else None
 
-    def save_subscription(self, sub: Subscription, state: SubState, user_id: str | None = None) -> None:
-        """Queued: written by `finish`, before the tiers are recomputed from it."""
-        self.queued.append((
-            "update public.subscriptions set user_id = %s, status = %s, tier = %s, plan_code = %s, "
-            "current_period_end = %s, last_event_at = %s, metadata = %s where id = %s",
-            (user_id or sub.user_id, state.status, state.tier, state.plan_code, state.current_period_end,
-             state.last_event_at, _jsonb(state.metadata), sub.id),
+    async def context_rows(self, provider: str, uids: Sequence[str], ext: Sequence[str], emails: Sequence[str],
+                           plans: Sequence[str], stream: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                                       list[dict[str, Any]]]:
+        """(user lookups, plans, the stream's subscription rows, locked), in one round trip."""
+        pp = [p[3:] for p in plans if p.startswith("pp:")]
+        codes = [p[5:] for p in plans if p.startswith("code:")]
+        users, plan_rows, subs = await self._pipelined(
+            ("select kind, value, user_id::text as user_id from public.webhook_resolve(%s::uuid[], %s::text[]) "
+             "union all select 'ext', b.external_id, b.user_id::text from public.billing_customers b "
+             "where b.provider = %s and b.external_id = any(%s::text[])",
+             (list(uids), list(emails), provider, list(ext))),
+            ("select code, tier, amount_minor, currency, interval, provider_plan_code from public.subscription_plans "
+             "where provider = %s and (provider_plan_code = any(%s::text[]) or code = any(%s::text[]))",
+             (provider, pp, codes)),
+            (f"select {_SUB_COLUMNS} from public.subscriptions where provider = %s and stream = %s for update",
+             (provider, stream)),
+        )
+        return users, plan_rows, subs
+
+    async def legacy_rows(self, provider: str, refs: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows written before streams existed (stream null), by their provider ref."""
+        return await self._rows(
+            f"select {_SUB_COLUMNS} from public.subscriptions where provider = %s and provider_ref = any(%s::text[]) "
+            "and stream is null for update",
+            (provider, list(refs)),
+        )
+
+    def save_row(self, provider: str, stream: str, ref: str, owner: str, state: SubState) -> None:
+        """Queued: upsert of a folded subscription row (sent with `write_rows`)."""
+        self.upserts.append((
+            "insert into public.subscriptions as s (user_id, provider, provider_ref, stream, status, tier, plan_code, "
+            "current_period_end, last_event_at, metadata) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "on conflict (provider, provider_ref) do update set user_id = excluded.user_id, stream = excluded.stream, "
+            "status = excluded.status, tier = excluded.tier, plan_code = excluded.plan_code, "
+            "current_period_end = excluded.current_period_end, last_event_at = excluded.last_event_at, "
+            "metadata = excluded.metadata returning id::text as id",
+            (owner, provider, ref, stream, state.status, state.tier, state.plan_code, state.current_period_end,
+             state.last_event_at, _jsonb(state.metadata)),
         ))
 
-    async def move_subscriptions(self, provider: str, from_users: list[str], to_user: str, event_at: datetime) -> int:
-        rows = await self._rows(
-            "update public.subscriptions set user_id = %s, last_event_at = greatest(last_event_at, %s) "
-            "where provider = %s and user_id = any(%s::uuid[]) and user_id <> %s returning id",
-            (to_user, event_at, provider, from_users, to_user),
+    async def write_rows(self) -> list[str]:
+        """Send the queued row upserts; their ids, in order."""
+        queued, self.upserts = self.upserts, []
+        if not queued:
+            return []
+        results = await self._pipelined(*queued) if len(queued) > 1 else [await self._rows(*queued[0])]
+        return [r[0]["id"] for r in results]
+
+    def set_outcome(self, delivery_id: int, outcome: str, error: str | None, user_id: str | None,
+                    subscription_id: str | None) -> None:
+        """Queued: another delivery of the stream, decided anew by this fold."""
+        self.queued.append((
+            "update public.webhook_deliveries set outcome = %s, error = %s, user_id = %s, "
+            "subscription_id = coalesce(%s, subscription_id), processed_at = now() where id = %s",
+            (outcome, error, user_id, subscription_id, delivery_id),
+        ))
+
+    def learn(self, provider: str, mapping: dict[str, str]) -> None:
+        """Queued: provider ids seen with a user (kept for the first user seen with them)."""
+        if mapping:
+            ids = sorted(mapping)
+            self.queued.append((
+                "insert into public.billing_customers (provider, external_id, user_id) "
+                "select %s, x.e, x.u from unnest(%s::text[], %s::uuid[]) x(e, u) on conflict do nothing",
+                (provider, ids, [mapping[i] for i in ids]),
+            ))
+
+    async def store_fact(self, delivery_id: int, fact: dict[str, Any] | None, stream: str | None,
+                         keys: Sequence[str] | None, waits: str | None) -> None:
+        await self.execute(
+            "update public.webhook_deliveries set fact = %s, stream = %s, keys = %s, waits = %s where id = %s",
+            (_jsonb(fact) if fact is not None else None, stream, list(keys) if keys else None, waits, delivery_id),
         )
-        return len(rows)
 
     # -- tiers and events -----------------------------------------------------------------
 

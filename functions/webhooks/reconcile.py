@@ -194,6 +194,6 @@ async def expire_lapsed(services: Services, report: Report, *, limit: int = 200)
         user = row["user_id"]
         async with services.db.transaction(service=True) as conn:
             store = Store(conn)
-            previous, tier = await store.refresh_tier(TierUpdate(user, event_payload(user, [], reason="lapsed"), False))
+            previous, tier = await store.refresh_tier(TierUpdate(user, event_payload(user, reason="lapsed"), False))
             report.lapsed += previous != tier
             await push_tiers(services, store, {user: tier})

@@ -1,11 +1,11 @@
-"""RevenueCat events: what each one means for a subscription.
+"""RevenueCat events: their facts, and how a purchase's facts fold into its subscription.
 
-A delivery is known by `event.id` (retries keep it) and ordered by `event_timestamp_ms`:
-an event older than the newest one applied to its subscription is recorded as `stale` and
-changes nothing (a CANCELLATION that arrives two hours late never overwrites a newer
-RENEWAL). A subscription is keyed by its original transaction id. Users are found by
-`app_user_id`, `original_app_user_id` or any of `aliases` (our user ids directly, or ids
-seen before beside one); TRANSFER names them in `transferred_to` / `transferred_from`.
+A delivery is known by `event.id` (retries keep it) and placed by `event_timestamp_ms`.
+The stream is the purchase (`original_transaction_id`); a TRANSFER names no purchase, only
+users (`transferred_from` / `transferred_to`), and joins every stream whose events name one
+of the users it moves from (by `app_user_id`, `original_app_user_id` or `aliases`): it is
+folded into those purchases wherever it arrives, before or after them. Folding in
+provider-time order means an event older than a TRANSFER can never move the purchase back.
 
 | event | status | access until |
 |---|---|---|
@@ -15,13 +15,16 @@ seen before beside one); TRANSFER names them in `transferred_to` / `transferred_
 | SUBSCRIPTION_PAUSED (takes effect at period end) | paused | expiration_at_ms |
 | BILLING_ISSUE | past_due | the grace period's end, else expiration_at_ms |
 | EXPIRATION | expired | (none) |
-| TRANSFER | the subscriptions move to the receiving user | |
+| TRANSFER | the purchase moves to the receiving user | |
 | TEST, anything else | recorded, ignored | |
 
-The tier is the plan's when the product is a `subscription_plans` row (provider
-revenuecat), else `revenuecat_entitlement_tier` when the event names an entitlement.
-With `revenuecat_verify`, the subscriber is re-read from the RevenueCat API first and its
-answer (expiry, unsubscribe, billing issue) is applied as the current truth.
+Users, per event: one of the event's ids that is a live account (verified by RevenueCat's
+SDK login), then the purchase's owner, then an id learnt before (`billing_customers`). An
+event whose users do not include the owner (without a TRANSFER in between) is `flagged`
+with both ids and changes nothing. The tier is the plan's when the product is a
+`subscription_plans` row (provider revenuecat), else `revenuecat_entitlement_tier` when
+the event names an entitlement. With `revenuecat_verify`, the subscriber re-read from the
+RevenueCat API enters the fold as a provider snapshot at the time it was fetched.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from functions.webhooks.delivery import Applied, Parsed, body_key, parse_time
+from functions.webhooks.delivery import FoldContext, Parsed, body_key, iso, parse_time
 from functions.webhooks.models import RevenueCatEvent, RevenueCatWebhook
-from functions.webhooks.queries import Store, is_uuid
+from functions.webhooks.queries import is_uuid
 from functions.webhooks.settings import WebhooksSettings
-from functions.webhooks.state import FOREVER, Change, reduce
+from functions.webhooks.state import FOREVER, Fact, Folded, Result, Row, SubState, order_key, parse_dt
 
 PROVIDER = "revenuecat"
 STATUS = {
@@ -52,6 +55,8 @@ STATUS = {
     "EXPIRATION": "expired",
 }
 HANDLED = frozenset({*STATUS, "TRANSFER", "TEST"})
+_KEPT = ("cancel_reason", "expiration_reason", "new_product_id", "auto_resume_at_ms", "period_type", "transaction_id",
+         "store", "environment")
 
 
 def parse(body: bytes) -> Parsed:
@@ -66,7 +71,35 @@ def parse(body: bytes) -> Parsed:
         return Parsed(PROVIDER, body_key(body), invalid="text holds U+0000")
     e = hook.event
     subject = e.app_user_id or e.original_app_user_id or (e.transferred_to or [None])[0]
-    return Parsed(PROVIDER, (e.id or body_key(body))[:500], e.type, parse_time(e.event_timestamp_ms), subject, hook)
+    at = parse_time(e.event_timestamp_ms)
+    key = (e.id or body_key(body))[:500]
+    kind = e.type or ""
+    fact: dict[str, Any] | None = None
+    stream = keys = None
+    ignored = None
+    if kind == "TRANSFER":
+        src = [i for i in (e.transferred_from or []) if i]
+        dst = [i for i in (e.transferred_to or []) if i]
+        if src and dst:
+            fact = {"kind": "transfer", "at": iso(at), "from": src, "to": dst}
+            keys = [f"rc:{i}" for i in src]
+        else:
+            ignored = "a TRANSFER that names no users"
+    elif kind in STATUS:
+        ref = e.original_transaction_id or e.transaction_id
+        if ref:
+            ids = candidates(e)
+            fact = {"kind": "rc", "type": kind, "at": iso(at), "ids": ids, "product": e.product_id,
+                    "expires": e.expiration_at_ms, "grace": e.grace_period_expiration_at_ms,
+                    "entitled": bool(e.entitlement_ids or e.entitlement_id),
+                    "sandbox": (e.environment or "").upper() == "SANDBOX",
+                    **{k: getattr(e, k) for k in _KEPT if getattr(e, k) is not None}}
+            stream, keys = f"otx:{ref}", [f"rc:{i}" for i in ids]
+        else:
+            ignored = f"{kind} without a transaction id"
+    else:
+        ignored = f"{kind or 'an untyped event'} is recorded, not acted on"
+    return Parsed(PROVIDER, key, e.type, at, subject, hook, fact=fact, stream=stream, keys=keys, ignored=ignored)
 
 
 def wants_reread(p: Parsed, settings: WebhooksSettings) -> bool:
@@ -79,69 +112,18 @@ def candidates(e: RevenueCatEvent) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-async def apply(store: Store, p: Parsed, at: datetime, settings: WebhooksSettings, remote: Any = None) -> Applied:
-    e: RevenueCatEvent = p.event.event
-    kind = e.type or ""
-    if kind not in HANDLED or kind == "TEST":
-        return Applied("ignored", f"{kind or 'an untyped event'} is recorded, not acted on")
-    if (e.environment or "").upper() == "SANDBOX" and not settings.revenuecat_allow_sandbox:
-        return Applied("ignored", "sandbox events are not applied here")
-    if kind == "TRANSFER":
-        return await _transfer(store, e, at)
-    ids = candidates(e)
-    user, plan = await store.user_and_plan(PROVIDER, user_ids=ids, external_ids=ids,
-                                           learn=[i for i in ids if not is_uuid(i)], provider_plan_code=e.product_id)
-    if user is None:
-        return Applied("pending", "unknown user: waiting for the account")
-    ref = e.original_transaction_id or e.transaction_id
-    if not ref:
-        return Applied("flagged", f"{kind} without a transaction id", user_id=user)
-    entitled = bool(e.entitlement_ids or e.entitlement_id)
-    tier = plan.tier if plan else (settings.revenuecat_entitlement_tier if entitled else "free")
-    change = _change(e, kind, at, tier, plan.code if plan else e.product_id)
-    if remote is not None:  # a truth.Snapshot of the subscriber (REVENUECAT_VERIFY)
-        change = _verified(change, getattr(remote, "data", remote), e.product_id)
-    sub = await store.lock_subscription(PROVIDER, ref, user)
-    t = reduce(sub.state, change)
-    applied = Applied("stale" if t.stale and t.before == t.after else "applied", user_id=user, subscription_id=sub.id)
-    applied.changes.append((sub, t))
-    applied.users.add(user)
-    if sub.user_id != user:  # the purchase now belongs to another of our users (aliases changed)
-        applied.users.add(sub.user_id)
-    if t.after != t.before or sub.user_id != user:
-        store.save_subscription(sub, t.after, user_id=user)
-    return applied
-
-
-def _change(e: RevenueCatEvent, kind: str, at: datetime, tier: str, plan_code: str | None) -> Change:
-    status = STATUS[kind]
-    end = parse_time(e.expiration_at_ms)
-    if kind == "BILLING_ISSUE":
-        end = parse_time(e.grace_period_expiration_at_ms) or end
-    elif kind == "NON_RENEWING_PURCHASE" and end is None:
-        end = FOREVER
-    meta: dict[str, Any] = {"product_id": e.product_id, "store": e.store, "environment": e.environment,
-                            "last_event": kind, "app_user_id": e.app_user_id}
-    for k in ("cancel_reason", "expiration_reason", "new_product_id", "auto_resume_at_ms", "period_type", "transaction_id"):
-        v = getattr(e, k)
-        if v is not None:
-            meta[k] = v
-    return Change(at, status=status, tier=tier, plan_code=plan_code, period_end=end, period_rule="set",
-                  metadata={k: v for k, v in meta.items() if v is not None})
-
-
-def _verified(change: Change, remote: dict[str, Any], product_id: str | None) -> Change:
-    """The subscriber as the RevenueCat API sees it now, for this product, wins."""
+def snapshot(remote: dict[str, Any], product_id: str | None, fetched_at: datetime) -> dict[str, Any] | None:
+    """The subscriber as the RevenueCat API saw it at `fetched_at`, for this product: the
+    provider snapshot the fold applies at that time (None: the answer does not name it)."""
     subs = ((remote or {}).get("subscriber") or {}).get("subscriptions") or {}
     info = subs.get(product_id or "")
     if not isinstance(info, dict):
-        return change
+        return None
     end = parse_time(info.get("expires_date"))
     grace = parse_time(info.get("grace_period_expires_date"))
     if grace is not None and (end is None or grace > end):
         end = grace
-    now = datetime.now(UTC)
-    if end is not None and end <= now:
+    if end is not None and end <= fetched_at:
         status = "expired"
     elif info.get("billing_issues_detected_at"):
         status = "past_due"
@@ -149,20 +131,118 @@ def _verified(change: Change, remote: dict[str, Any], product_id: str | None) ->
         status = "cancelled"
     else:
         status = "active"
-    return Change(change.event_at, status=status, status_rule="force", tier=change.tier, plan_code=change.plan_code,
-                  period_end=end or change.period_end, period_rule="force",
-                  metadata={**change.metadata, "verified_at": now.isoformat()})
+    return {"at": iso(fetched_at), "status": status, "period_end": iso(end)}
 
 
-async def _transfer(store: Store, e: RevenueCatEvent, at: datetime) -> Applied:
-    to_ids = [i for i in (e.transferred_to or []) if i]
-    from_ids = [i for i in (e.transferred_from or []) if i]
-    target = await store.find_user(PROVIDER, user_ids=to_ids, external_ids=to_ids,
-                                   learn=[i for i in to_ids if not is_uuid(i)], relearn=True)
-    if target is None:
-        return Applied("pending", "unknown receiving user: waiting for the account")
-    sources = [u for u in await store.users_for(PROVIDER, from_ids) if u != target]
-    moved = await store.move_subscriptions(PROVIDER, sources, target, at) if sources else 0
-    applied = Applied("applied", None if moved else "nothing to move", user_id=target)
-    applied.users.update({target, *sources})
-    return applied
+def with_truth(fact: dict[str, Any], remote: Any) -> None:
+    """REVENUECAT_VERIFY: the subscriber as read (truth.Snapshot) rides on the fact, folded
+    as a provider snapshot at its fetch time."""
+    snap = snapshot(getattr(remote, "data", remote), fact.get("product"), getattr(remote, "fetched_at", None)
+                    or datetime.now(UTC))
+    if snap is not None:
+        fact["snapshot"] = snap
+
+
+# -- the fold ------------------------------------------------------------------------------
+
+
+def _users(ctx: FoldContext, ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i in ids:
+        u = ctx.users.get(f"uid:{i}") if is_uuid(i) else None
+        u = u or ctx.users.get(f"ext:{i}")
+        if u and u not in out:
+            out.append(u)
+    return out
+
+
+def expand(facts: list[Fact]) -> list[Fact]:
+    """The facts plus the provider snapshots riding on them (a re-read at fetch time)."""
+    out = list(facts)
+    for f in facts:
+        snap = f.data.get("snapshot")
+        if snap:
+            out.append(Fact(f.delivery_id, f.key + "#snapshot", "provider_snapshot", parse_dt(snap["at"]), snap))
+    return out
+
+
+def fold(facts: list[Fact], ctx: FoldContext, stream: str = "") -> Folded:
+    out = Folded()
+    row = Row(stream.removeprefix("otx:"))
+    for f in sorted(expand(facts), key=order_key):
+        if f.kind == "provider_snapshot":
+            if row.owner is not None:
+                s = row.state
+                row.state = SubState(f.data["status"], s.tier, s.plan_code, parse_dt(f.data.get("period_end")),
+                                     s.last_event_at, {**s.metadata, "verified_at": f.data["at"]})
+                row.touch(f)
+            continue
+        out.results[f.delivery_id] = _transfer(row, f, ctx) if f.kind == "transfer" else _event(row, f, ctx, out)
+    if row.owner is not None:
+        out.rows[row.ref] = row
+    return out
+
+
+def _transfer(row: Row, f: Fact, ctx: FoldContext) -> Result:
+    to = _users(ctx, f.data["to"])
+    if not to:
+        return Result("pending", "unknown receiving user: waiting for the account")
+    src = set(_users(ctx, f.data["from"]))
+    if row.owner is None or row.owner not in src:
+        return Result("applied", "nothing of theirs to move in this purchase at that time", to[0], row.ref)
+    if row.owner != to[0]:
+        row.state = SubState(**{**_fields(row.state), "metadata": {**row.state.metadata, "transferred_from": row.owner}})
+    row.owner = to[0]
+    row.touch(f)
+    return Result("applied", None, to[0], row.ref)
+
+
+def _event(row: Row, f: Fact, ctx: FoldContext, out: Folded) -> Result:
+    d = f.data
+    if d.get("sandbox") and not ctx.allow_sandbox:
+        return Result("ignored", "sandbox events are not applied here")
+    users = _users(ctx, d.get("ids") or [])
+    if row.owner is not None and users and row.owner not in users:
+        return Result("flagged", f"owner conflict: purchase {row.ref} belongs to {row.owner}, this event names "
+                                 f"{users[0]}: nothing changed", users[0], row.ref)
+    user = row.owner or (users[0] if users else None)
+    if user is None:
+        return Result("pending", "unknown user: waiting for the account")
+    if row.owner is None:
+        row.owner = user
+    for i in d.get("ids") or []:
+        if not is_uuid(i):
+            out.learnt.setdefault(i, user)
+    kind = d["type"]
+    end = parse_time(d.get("expires"))
+    if kind == "BILLING_ISSUE":
+        end = parse_time(d.get("grace")) or end
+    elif kind == "NON_RENEWING_PURCHASE" and end is None:
+        end = FOREVER
+    product = d.get("product")
+    plan = ctx.plans.get(f"pp:{product}") if product else None
+    tier = plan.tier if plan else (ctx.entitlement_tier if d.get("entitled") else "free")
+    # what this event says (not accumulated: an older event's details never outlive it)
+    meta = {"product_id": product, "last_event": kind, **{k: d[k] for k in _KEPT if d.get(k) is not None}}
+    if "transferred_from" in row.state.metadata:
+        meta["transferred_from"] = row.state.metadata["transferred_from"]
+    row.state = SubState(STATUS[kind], tier, plan.code if plan else product, end, f.at, meta)
+    row.touch(f)
+    return Result("applied", None, user, row.ref)
+
+
+def _fields(s: SubState) -> dict[str, Any]:
+    return {"status": s.status, "tier": s.tier, "plan_code": s.plan_code,
+            "current_period_end": s.current_period_end, "last_event_at": s.last_event_at, "metadata": s.metadata}
+
+
+def identifiers(facts: list[Fact]) -> tuple[list[str], list[str], list[str], list[str]]:
+    ids: set[str] = set()
+    plans: set[str] = set()
+    for f in facts:
+        ids.update(f.data.get("ids") or [])
+        ids.update(f.data.get("from") or [])
+        ids.update(f.data.get("to") or [])
+        if f.data.get("product"):
+            plans.add(f"pp:{f.data['product']}")
+    return sorted(i for i in ids if is_uuid(i)), sorted(ids), [], sorted(plans)

@@ -100,7 +100,9 @@ def invoice(event: str, plan: TestPlan, *, customer_code: str, subscription_code
     d = ev["data"]
     d.update(invoice_code=invoice_code or f"INV_{uuid.uuid4().hex[:14]}", paid=paid,
              status=status or ("success" if paid else "pending"), amount=plan.amount if amount is None else amount,
-             paid_at=iso(NOW) if paid else None)
+             paid_at=iso(NOW) if paid else None,
+             # an unpaid invoice's only time is its creation: after the payments before it
+             created_at=iso(NOW + timedelta(seconds=1)) if not paid else d["created_at"])
     d["subscription"].update(subscription_code=subscription_code,
                              next_payment_date=iso(next_payment or NOW + timedelta(days=30)))
     d["customer"]["customer_code"] = customer_code

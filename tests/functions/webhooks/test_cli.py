@@ -35,7 +35,7 @@ async def test_replay_after_a_fix_and_pending(hooks: Hooks, database_url: str, r
     from functions.webhooks import revenuecat
 
     user = await create_user(database_url)
-    monkeypatch.setattr(revenuecat, "_change", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(revenuecat, "_event", lambda *a, **k: 1 / 0)
     ack = (await hooks.revenuecat(rc("INITIAL_PURCHASE", user))).json()["data"]
     assert ack["outcome"] == "failed"
     monkeypatch.undo()

@@ -134,7 +134,7 @@ async def test_a_bug_while_applying_is_stored_failed_and_replayed_after_the_fix(
     def broken(*args: Any, **kw: Any) -> Any:
         raise KeyError("expiration_at_ms")
 
-    monkeypatch.setattr(revenuecat, "_change", broken)
+    monkeypatch.setattr(revenuecat, "_event", broken)
     r = await hooks.revenuecat(rc("INITIAL_PURCHASE", user))
     assert r.status_code == 200
     ack = r.json()["data"]

@@ -7,45 +7,25 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from functions.webhooks.state import Change, SubState, add_interval, reduce
+from functions.webhooks.state import Fact, SubState, add_interval, order_key, snapshot_fact
 from functions.webhooks.verify import ip_allowed, paystack_signature, paystack_signature_ok, revenuecat_auth_ok
 
 T0 = datetime(2025, 1, 31, 12, tzinfo=UTC)
 
 
-def test_newer_events_apply_older_ones_are_stale() -> None:
-    s = SubState()
-    renewal = Change(T0 + timedelta(hours=2), status="active", tier="paid", period_end=T0 + timedelta(days=30))
-    late_cancel = Change(T0 + timedelta(hours=1), status="cancelled", period_end=T0 + timedelta(days=1))
-    t = reduce(s, renewal)
-    assert (t.after.status, t.after.current_period_end, t.after.last_event_at) == ("active", T0 + timedelta(days=30), renewal.event_at)
-    late = reduce(t.after, late_cancel)
-    assert late.stale and late.after == t.after and not late.changed
-    # the same event twice: the same state (an event is not stale against itself)
-    again = reduce(t.after, renewal)
-    assert not again.stale and again.after == t.after
+def test_the_order_is_total_and_timeless_events_sort_last() -> None:
+    a = Fact(1, "a", "charge", T0, {})
+    b = Fact(2, "b", "invoice_failed", T0, {})
+    c = Fact(3, "c", "disable", None, {})
+    d = Fact(4, "d", "not_renew", None, {})
+    snap = snapshot_fact(5, "s", fetched_at=T0, status="active", period_end=T0 + timedelta(days=1))
+    assert sorted([c, snap, a, d, b], key=order_key) == [b, a, snap, d, c]
+    assert sorted([d, c], key=order_key) == [d, c]
 
 
-def test_extend_to_only_moves_the_end_later_in_any_order() -> None:
-    a = Change(T0, period_end=T0 + timedelta(days=30), period_rule="extend_to")
-    b = Change(T0 - timedelta(days=1), period_end=T0 + timedelta(days=60), period_rule="extend_to")
-    ab = reduce(reduce(SubState(), a).after, b).after
-    ba = reduce(reduce(SubState(), b).after, a).after
-    assert ab.current_period_end == ba.current_period_end == T0 + timedelta(days=60)
-
-
-def test_force_applies_even_when_older() -> None:
-    s = reduce(SubState(), Change(T0, status="active", period_end=T0 + timedelta(days=30))).after
-    t = reduce(s, Change(T0 - timedelta(hours=1), status="expired", status_rule="force",
-                         period_end=T0, period_rule="force"))
-    assert not t.stale and (t.after.status, t.after.current_period_end) == ("expired", T0)
-    assert t.after.last_event_at == T0
-
-
-def test_stale_ordered_changes_do_not_touch_metadata() -> None:
-    s = reduce(SubState(), Change(T0, status="active", metadata={"k": 1})).after
-    t = reduce(s, Change(T0 - timedelta(seconds=1), status="cancelled", metadata={"k": 2}))
-    assert t.after.metadata == {"k": 1}
+def test_a_fact_round_trips_through_json() -> None:
+    f = Fact(7, "k", "charge", T0, {"ref": "T1", "amount": 5})
+    assert Fact.from_json(7, "k", f.to_json()) == f
 
 
 def test_grants_needs_a_granting_status_and_a_future_end() -> None:
