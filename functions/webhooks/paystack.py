@@ -256,6 +256,9 @@ class _Fold:
         #: subscription code -> when Paystack was last read about it (a notice received before
         #: that is already in the answer)
         self.read_at: dict[str, datetime] = {}
+        self.customer = next((f.data["customer"] for f in self.facts if f.data.get("customer")), None)
+        #: deliveries whose own read-back is in the fold (their notice is in that answer)
+        self.carried = {f.delivery_id for f in self.facts if f.kind == "provider_snapshot"}
         for f in self.facts:
             if f.kind == "provider_snapshot" and f.at is not None and f.data.get("sub"):
                 self.read_at[f.data["sub"]] = max(f.at, self.read_at.get(f.data["sub"], f.at))
@@ -269,6 +272,7 @@ class _Fold:
             self.ctx.plans.get(f"code:{code}") if code else None)
 
     def _row(self, customer: str | None, plan: Plan) -> Row:
+        customer = customer or self.customer  # a snapshot names no customer: the stream's
         ref = f"{customer}:{plan.code}"
         row = self.out.rows.get(ref)
         if row is None:
@@ -397,7 +401,7 @@ class _Fold:
             return Result("stale", f"about {f.data['sub']}, an earlier subscription than {current}", user, row.ref)
         read = self.read_at.get(f.data["sub"])
         received = parse_dt(f.data.get("received"))
-        if read is not None and received is not None and received <= read:
+        if f.delivery_id in self.carried or (read is not None and received is not None and received <= read):
             # Paystack was read after this notice arrived: its answer already says it
             return self._take(f, row, user, None, note="already in the provider's answer read after it")
         status = target if row.state.status in allowed else None
