@@ -155,6 +155,11 @@ def _arch_of(built: Any) -> str:
 @pytest.mark.parametrize("which", ["zips_native", "zips_foreign"])
 def test_every_module_ships_bytecode_for_the_target_python(which: str, request: pytest.FixtureRequest) -> None:
     zips: dict[str, Any] = request.getfixturevalue(which)
+    if zipcheck.interpreter_for(TARGET.python) is None:
+        # bytecode is compiled by the target version itself; without it `edgefn package`
+        # warns that the zips carry none and what that costs
+        assert not any(built.bytecode for built in zips.values())
+        pytest.skip(f"no Python {TARGET.python} on this host: the zips carry no bytecode (CI installs one)")
     tag = f"cpython-{TARGET.python.replace('.', '')}"
     for route, built in zips.items():
         assert built.bytecode
