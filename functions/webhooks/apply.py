@@ -61,13 +61,13 @@ async def apply(store: Store, p: Parsed, delivery_id: int, settings: WebhooksSet
         streams = await store.streams_with(p.provider, p.keys or [])
         if not streams:
             return Applied("pending", f"waits for a purchase by {', '.join(p.fact['from'])}")
-        await store.lock(p.provider, streams)
+        await store.lock(p.provider, [f"s/{s}" for s in streams])
     elif p.stream is None:
         assert p.waits is not None
         stream = await store.stream_for(p.provider, p.waits)
         if stream is None:
             return Applied("pending", f"refund of charge {p.waits.removeprefix('ref:')}, which has not arrived")
-        await store.lock(p.provider, [stream])
+        await store.lock(p.provider, [f"s/{stream}"])
         await store.store_fact(delivery_id, p.fact, stream, p.keys, p.waits)
         streams = [stream]
     else:

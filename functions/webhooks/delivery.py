@@ -36,12 +36,13 @@ class Parsed:
     ignored: str | None = None
 
     def locks(self) -> list[str]:
-        """Advisory lock names that serialize every delivery that could fold with this one."""
-        names = {*(self.keys or ())}
+        """Advisory lock names that serialize every delivery that could fold with this one.
+        Every transaction takes key locks (`k/`) before stream locks (`s/`), each kind in
+        sorted order (a refund or a TRANSFER finds its streams only after its keys are
+        locked), so no two can wait for each other in a cycle."""
+        names = {f"k/{k}" for k in (*(self.keys or ()), *([self.waits] if self.waits else []))}
         if self.stream:
-            names.add(self.stream)
-        if self.waits:
-            names.add(self.waits)
+            names.add(f"s/{self.stream}")
         return sorted(names)
 
 
