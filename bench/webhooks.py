@@ -18,6 +18,14 @@ Then the latency of valid deliveries in an open loop at each of `--rates` per se
 provider's pace, not saturation), measured client side and server side (inside the
 process, around the ASGI app: what the function spends; the target is p95 under 20 ms).
 
+Then (d) history: the cost of a NEW delivery on a subscription that already has 50
+recorded events (a Paystack subscription with its first charge, subscription.create and 48
+paid renewal invoices; a RevenueCat purchase with 50 RENEWALs), at `--history-rate` per
+second (open loop, 50 by default), server side p50/p95, next to the same run's baseline: a
+new delivery on a fresh subscription (a first charge / INITIAL_PURCHASE) at the same rate.
+The goal is p95 <= 20 ms. `--history-only` runs only this part (how the README's
+before/after figures were taken: the same file run in a checkout of the older code).
+
 Prints deliveries per second, p50/p95/p99, the ratio of each scenario to the baseline, and
 the outcome counts found in the database (valid ones must all be `applied`).
 """
@@ -273,6 +281,142 @@ def run(admin_dsn: str, redis_url: str, duration: float, rounds: int, connection
     return {"scenarios": results, "paced_valid": paced_runs, "outcomes_in_db": counts, "users": users}
 
 
+# -- (d) a new delivery on a subscription with 50 events ---------------------------------------
+
+
+def history_requests(host: str, users: list[str], events: int, t0: datetime) -> dict[str, list[bytes]]:
+    """Per scenario, signed requests built from the providers' documented shapes
+    (functions.webhooks.samples): `*_setup` gives every user's subscription `events` events,
+    `*_next` one more each (the measured deliveries), `*_fresh` a first delivery on a fresh
+    subscription for other users (the baseline)."""
+    from functions.webhooks.samples import paystack_event, paystack_signature, revenuecat_event
+
+    def ps(body: dict[str, Any]) -> bytes:
+        raw = json.dumps(body).encode()
+        headers = {"content-type": "application/json", "x-paystack-signature": paystack_signature(raw, PAYSTACK_SECRET)}
+        return build_request("POST", f"{BASE}/paystack", host, headers, raw)
+
+    def rc(body: dict[str, Any]) -> bytes:
+        headers = {"content-type": "application/json", "authorization": RC_AUTH}
+        return build_request("POST", f"{BASE}/revenuecat", host, headers, json.dumps(body).encode())
+
+    out: dict[str, list[bytes]] = {k: [] for k in ("paystack_setup", "paystack_next", "paystack_fresh",
+                                                   "revenuecat_setup", "revenuecat_next", "revenuecat_fresh")}
+    half = len(users) // 2
+    for n, user in enumerate(users):
+        fresh = n >= half
+        code, sub = f"CUS_h{user[:12]}", f"SUB_h{user[:12]}"
+        common = {"customer_code": code, "email": f"{user}@bench.example", "plan_code": PAYSTACK_PLAN,
+                  "amount": AMOUNT, "subscription_code": sub}
+        month = timedelta(days=30)
+        if fresh:
+            out["paystack_fresh"].append(ps(paystack_event("charge.success", user_id=user, at=t0, **common)))
+            out["revenuecat_fresh"].append(rc(revenuecat_event(
+                "INITIAL_PURCHASE", app_user_id=user, at=t0, original_transaction_id=f"h{user}", expires=t0 + month)))
+            continue
+        start = t0 - month * events
+        setup = [paystack_event("charge.success", user_id=user, at=start, **common),
+                 paystack_event("subscription.create", at=start + timedelta(seconds=4), **common)]
+        setup += [paystack_event("invoice.update", at=start + month * i, next_payment=start + month * (i + 1), **common)
+                  for i in range(1, events - 1)]
+        out["paystack_setup"] += [ps(b) for b in setup]
+        out["paystack_next"].append(ps(paystack_event("invoice.update", at=t0, next_payment=t0 + month, **common)))
+        kinds = ["INITIAL_PURCHASE"] + ["RENEWAL"] * (events - 1)
+        out["revenuecat_setup"] += [rc(revenuecat_event(k, app_user_id=user, at=start + month * i,
+                                                        original_transaction_id=f"h{user}",
+                                                        expires=start + month * (i + 1)))
+                                    for i, k in enumerate(kinds)]
+        out["revenuecat_next"].append(rc(revenuecat_event("RENEWAL", app_user_id=user, at=t0,
+                                                          original_transaction_id=f"h{user}", expires=t0 + month)))
+    return out
+
+
+def history_run(admin_dsn: str, redis_url: str, *, users: int, events: int, rate: float,
+                connections: int) -> dict[str, Any]:
+    with harness.scratch_database(admin_dsn, f"{DB_NAME}_h_{secrets.token_hex(4)}") as dsn:
+        ids = prepare(dsn, users)
+        env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "KEY_PREFIX": "bench:" + secrets.token_hex(4),
+               "PAYSTACK_SECRET_KEY": PAYSTACK_SECRET, "REVENUECAT_WEBHOOK_AUTH": RC_AUTH, "REDIS_TIMEOUT_MS": "1000",
+               "WEBHOOK_DEADLINE_S": "5"}
+        started_at = datetime.now(UTC)
+        with harness.server("bench.webhooks:timed_app", env, ready_path=f"{BASE}/health") as port:
+            host = f"127.0.0.1:{port}"
+            reqs = history_requests(host, ids, events, datetime.now(UTC).replace(microsecond=0) - timedelta(days=1))
+            t = time.perf_counter()
+            for provider in ("paystack", "revenuecat"):  # each subscription's events in order, many at once
+                setup = reqs[f"{provider}_setup"]
+                per_user = len(setup) // len(reqs[f"{provider}_next"])
+                chains = [setup[i * per_user:(i + 1) * per_user] for i in range(len(reqs[f"{provider}_next"]))]
+                statuses = asyncio.run(_send_chains(port, chains, connections))
+                assert statuses == Counter({200: len(setup)}), statuses
+            setup_s = time.perf_counter() - t
+            rows = {}
+            for name in ("paystack_fresh", "paystack_next", "revenuecat_fresh", "revenuecat_next"):
+                batch = reqs[name]
+                httpx.get(f"http://{host}/bench-stats")
+                lat = asyncio.run(open_loop("127.0.0.1", port, batch, rate=rate, duration=len(batch) / rate))
+                server = sorted(httpx.get(f"http://{host}/bench-stats").json())
+                rows[name] = {**lat.summary(), "server_p50_ms": pct(server, 50), "server_p95_ms": pct(server, 95),
+                              "server_p99_ms": pct(server, 99), "server_n": len(server)}
+        counts = outcomes(dsn, started_at)
+        depth = _depth(dsn)
+    for provider in ("paystack", "revenuecat"):
+        base, hist = rows[f"{provider}_fresh"], rows[f"{provider}_next"]
+        hist["ratio_p95_to_fresh"] = round(hist["server_p95_ms"] / base["server_p95_ms"], 2) if base["server_p95_ms"] else None
+    return {"rows": rows, "events_per_subscription": events, "rate": rate, "setup_s": round(setup_s, 1),
+            "outcomes_in_db": counts, "stream_depth": depth}
+
+
+def _depth(dsn: str) -> dict[str, int]:
+    """The largest number of deliveries recorded for one subscription, per provider."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("select provider, max(n) from (select provider, subscription_id, count(*) n from "
+                            "public.webhook_deliveries where subscription_id is not null group by 1, 2) s group by 1"
+                            ).fetchall()
+    return {str(p): int(n) for p, n in rows}
+
+
+async def _send_chains(port: int, chains: list[list[bytes]], connections: int) -> Counter[int]:
+    """Each chain's requests one after the other (a subscription's events in order), up to
+    `connections` chains at once."""
+    from bench.loadgen import Connection
+
+    statuses: Counter[int] = Counter()
+    queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
+    for c in chains:
+        queue.put_nowait(c)
+
+    async def worker() -> None:
+        conn = Connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                for raw in queue.get_nowait():
+                    status, _ = await conn.send(raw)
+                    statuses[status] += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return statuses
+
+
+def render_history(h: dict[str, Any]) -> str:
+    lines = [f"(d) a new delivery on a subscription with {h['events_per_subscription']} events, at {h['rate']:.0f}/s "
+             f"(open loop; setup {h['setup_s']} s; deepest subscription: {h['stream_depth']})"]
+    labels = {"paystack_fresh": "paystack: fresh subscription (baseline)", "paystack_next": "paystack: 51st event",
+              "revenuecat_fresh": "revenuecat: fresh subscription (baseline)", "revenuecat_next": "revenuecat: 51st event"}
+    for name, r in h["rows"].items():
+        ratio = r.get("ratio_p95_to_fresh")
+        lines.append(f"  {labels[name]:<42} n={r['server_n']:<4} server p50 {r['server_p50_ms']:6.2f} / p95 "
+                     f"{r['server_p95_ms']:6.2f} ms; client p95 {r['p95_ms']:6.2f} ms"
+                     + (f"; p95 / baseline {ratio:.2f}; target p95 <= 20 ms: {'met' if r['server_p95_ms'] <= 20 else 'NOT met'}"
+                        if ratio is not None else ""))
+    lines.append(f"  outcomes stored: {json.dumps(h['outcomes_in_db'], sort_keys=True)}")
+    return "\n".join(lines)
+
+
 def pct(data: list[float], p: float) -> float:
     return round(data[int(p / 100 * (len(data) - 1))], 2) if data else float("nan")
 
@@ -311,7 +455,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="20,100", help="deliveries per second for the latency runs (comma-separated)")
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--history-events", type=int, default=50, help="events already on each subscription in (d)")
+    p.add_argument("--history-users", type=int, default=200, help="subscriptions in (d): half with history, half fresh")
+    p.add_argument("--history-rate", type=float, default=50.0, help="deliveries per second in (d)")
+    p.add_argument("--history-only", action="store_true", help="run only (d)")
     args = p.parse_args(argv)
+    if args.history_only:
+        with harness.services() as svc:
+            h = history_run(svc.admin_dsn, svc.redis_url, users=args.history_users, events=args.history_events,
+                            rate=args.history_rate, connections=args.connections)
+        print(json.dumps(h, indent=2) if args.json else f"webhooks benchmark: {harness.machine()}\n" + render_history(h))
+        return 0
     with harness.services() as svc:
         report = {
             "machine": harness.machine(),
@@ -321,8 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                      "same machine"),
             "http": run(svc.admin_dsn, svc.redis_url, args.duration, args.rounds, args.connections,
                         [float(r) for r in args.rates.split(",") if r.strip()], args.users),
+            "history": history_run(svc.admin_dsn, svc.redis_url, users=args.history_users,
+                                   events=args.history_events, rate=args.history_rate, connections=args.connections),
         }
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    print(json.dumps(report, indent=2) if args.json else render(report) + "\n\n" + render_history(report["history"]))
     return 0
 
 

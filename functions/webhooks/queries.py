@@ -284,8 +284,9 @@ class Store:
                 returning id, dedupe_key, fact, outcome, error, keys, received_at
             ), moved as (
                 select id, dedupe_key, fact, outcome, error, keys, received_at from public.webhook_deliveries w
-                where %(p)s = 'revenuecat' and w.keys && (select coalesce(array_agg(k), '{}') from mine m, unnest(m.keys) k)
-                  and w.provider = %(p)s and w.stream is null and w.fact is not null
+                where %(p)s = 'revenuecat' and w.stream is null and w.keys is not null
+                  and w.keys && (select coalesce(array_agg(distinct k), '{}') from mine m, unnest(m.keys) k)
+                  and w.provider = %(p)s and w.fact is not null
             )
             select * from mine union all select * from adopted union all select * from moved
             """,
@@ -295,7 +296,8 @@ class Store:
     async def more_transfers(self, keys: Sequence[str], known: Sequence[int]) -> list[dict[str, Any]]:
         return await self._rows(
             "select id, dedupe_key, fact, outcome, error, keys, received_at from public.webhook_deliveries "
-            "where keys && %s::text[] and provider = 'revenuecat' and stream is null and fact is not null "
+            "where keys && %s::text[] and keys is not null and stream is null and provider = 'revenuecat' "
+            "and fact is not null "
             "and not (id = any(%s::bigint[]))",
             (list(keys), list(known)),
         )
