@@ -17,10 +17,12 @@ Like `stripe trigger`, an event that needs others before it (a refund needs its 
 renewal its purchase) gets them first, with fresh ids each run, so the event itself is
 fresh and applies: `invoice.update` is sent after a `charge.success` and a
 `subscription.create` of the same customer. Each delivery's outcome is printed; the last
-line is the triggered event's:
+line is the triggered event's, with the reason the server stored when it was not applied
+(read from the dev server's database):
 
     setup paystack charge.success: applied (delivery 41)
     paystack refund.processed: applied (delivery 42)
+    paystack charge.success: flagged (delivery 43): charge for an unknown plan PLN_x: nothing granted
 
 Paystack events pay for the demo plan `pro_monthly` (PLN_demo_pro_monthly, NGN 2,000) and
 RevenueCat events buy `com.edgefn.demo.pro_monthly`, the plans `edgefn dev` registers
@@ -133,15 +135,43 @@ def run(args: argparse.Namespace) -> int:
             sent = _read(name, resp)
             results.append(sent)
             last = len(results) == len(bodies)
+            why = _why(args, sent)
             if args.json:
                 print(json.dumps({"event": name, "setup": not last, "status": sent.status, "outcome": sent.outcome,
-                                  "delivery_id": sent.delivery_id, "duplicate": sent.duplicate}), flush=True)
+                                  "delivery_id": sent.delivery_id, "duplicate": sent.duplicate, "reason": why}),
+                      flush=True)
             else:
-                print(sent.line(provider, setup=not last), flush=True)
+                print(sent.line(provider, setup=not last) + (f": {why}" if why else ""), flush=True)
             if sent.outcome is None:
                 raise CommandError(f"{url} answered {sent.status} to {provider} {name}"
                                    + (": the secret does not match the server's" if sent.status in (401, 403) else ""))
     return 0
+
+
+#: outcomes the server stores a reason for (webhook_deliveries.error)
+EXPLAINED = ("flagged", "pending", "failed", "invalid")
+
+
+def _why(args: argparse.Namespace, sent: Sent) -> str | None:
+    """The stored reason a delivery was not applied ("unknown user ...", "no plan ..."), read
+    from the database of the `edgefn dev` in --data-dir (or DATABASE_URL); None when neither
+    is at hand: the answer to the provider carries only the outcome."""
+    if sent.outcome not in EXPLAINED or sent.delivery_id is None or sent.duplicate:
+        return None
+    from edgefn import devstate
+
+    dsn = os.environ.get("DATABASE_URL") or (devstate.read(args.data_dir) or {}).get("database_url")
+    if not dsn:
+        return None
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            row = conn.execute("select error from public.webhook_deliveries where id = %s",
+                               (sent.delivery_id,)).fetchone()
+    except Exception:  # the reason is a courtesy: the outcome above is the answer
+        return None
+    return str(row[0]) if row and row[0] else None
 
 
 def _read(name: str, resp: Any) -> Sent:

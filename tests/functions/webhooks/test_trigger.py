@@ -93,3 +93,17 @@ def test_unknown_event_and_no_server_are_one_line(tmp_path: object, capsys: pyte
     assert "unknown paystack event 'charge.refunded': one of charge.success" in capsys.readouterr().err
     assert main(["webhooks", "trigger", "paystack", "charge.success", "--data-dir", str(tmp_path)]) == 1
     assert "no PAYSTACK_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_an_event_not_applied_says_why(dev: DevServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """The provider's answer carries only the outcome; the command adds the reason the server
+    stored, so a user who triggers for a plan nobody registered, or a user who does not
+    exist, sees what to fix."""
+    (flagged,) = trigger(capsys, dev, "paystack", "charge.success", "--user", seeded_user(300),
+                         "--plan-code", "PLN_not_registered")
+    assert flagged["outcome"] == "flagged" and "PLN_not_registered" in str(flagged["reason"]), flagged
+    nobody = "00000000-0000-4000-8000-00000000dead"
+    (pending,) = trigger(capsys, dev, "paystack", "charge.success", "--user", nobody)
+    assert pending["outcome"] == "pending" and nobody in str(pending["reason"]), pending
+    (applied,) = trigger(capsys, dev, "paystack", "charge.success", "--user", seeded_user(301))
+    assert applied["outcome"] == "applied" and applied["reason"] is None, applied
