@@ -44,7 +44,7 @@ def target_interpreter() -> str:
 
     found = interpreter_for(TARGET.python)
     if found is None:
-        pytest.skip(f"no Python {TARGET.python} on this host: the zips cannot be run here (CI installs one)")
+        pytest.skip(f"no Python {TARGET.python} on this host: the zips cannot be run here (CI runs where one is on PATH)")
     return found
 
 

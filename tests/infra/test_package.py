@@ -159,7 +159,7 @@ def test_every_module_ships_bytecode_for_the_target_python(which: str, request: 
         # bytecode is compiled by the target version itself; without it `edgefn package`
         # warns that the zips carry none and what that costs
         assert not any(built.bytecode for built in zips.values())
-        pytest.skip(f"no Python {TARGET.python} on this host: the zips carry no bytecode (CI installs one)")
+        pytest.skip(f"no Python {TARGET.python} on this host: the zips carry no bytecode (CI runs where one is on PATH)")
     tag = f"cpython-{TARGET.python.replace('.', '')}"
     for route, built in zips.items():
         assert built.bytecode
