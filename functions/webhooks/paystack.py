@@ -57,6 +57,7 @@ from functions.webhooks.state import (
     Row,
     SubState,
     add_interval,
+    expand,
     order_key,
     parse_dt,
 )
@@ -225,16 +226,6 @@ def with_truth(fact: dict[str, Any], snap: Any) -> None:
                             "paystack_status": snap.data.get("status")}
 
 
-def expand(facts: list[Fact]) -> list[Fact]:
-    """The facts plus the provider snapshots riding on them."""
-    out = list(facts)
-    for f in facts:
-        snap = f.data.get("snapshot")
-        if snap:
-            out.append(Fact(f.delivery_id, f.key + "#snapshot", "provider_snapshot", parse_dt(snap["at"]), snap))
-    return out
-
-
 # -- the fold ------------------------------------------------------------------------------
 
 
@@ -371,7 +362,10 @@ class _Fold:
             return None, Result("pending", f"waits for the subscription.create of {sub} (its plan)")
         return self._row(f.data.get("customer"), plan), None
 
-    def _sub_create(self, f: Fact) -> Result:
+    def _priced(self, f: Fact) -> tuple[Row, Plan, str] | Result:
+        """The row, plan and user of an event that names a subscription and an amount (its
+        creation, a paid invoice), or what stops it: waiting for its plan, an owner
+        conflict, a price that is not the plan's."""
         row, stop = self._sub_row(f)
         if row is None:
             return stop or Result("ignored")
@@ -384,6 +378,13 @@ class _Fold:
         problem = _price_problem(plan, f.data.get("amount"), f.data.get("currency"))
         if problem:
             return Result("flagged", problem, user, row.ref)
+        return row, plan, user
+
+    def _sub_create(self, f: Fact) -> Result:
+        priced = self._priced(f)
+        if isinstance(priced, Result):
+            return priced
+        row, plan, user = priced
         status = "active" if row.state.status == "pending" else None
         meta = {k: f.data.get(k) for k in ("email_token", "next_payment") if f.data.get(k)}
         return self._take(f, row, user, status, metadata={"subscription_code": f.data["sub"], **meta})
@@ -432,18 +433,10 @@ class _Fold:
         return self._take(f, row, user, status)
 
     def _invoice_paid(self, f: Fact) -> Result:
-        row, stop = self._sub_row(f)
-        if row is None:
-            return stop or Result("ignored")
-        plan = self.sub_plan[f.data["sub"]]
-        assert plan is not None
-        user, stop = self._who(f, row)
-        if stop is not None:
-            return stop
-        assert user is not None
-        problem = _price_problem(plan, f.data.get("amount"), f.data.get("currency"))
-        if problem:
-            return Result("flagged", problem, user, row.ref)
+        priced = self._priced(f)
+        if isinstance(priced, Result):
+            return priced
+        row, plan, user = priced
         at = f.at or parse_dt(f.data.get("start"))
         assert at is not None
         start = parse_dt(f.data.get("start")) or at

@@ -38,7 +38,7 @@ from functions.webhooks.delivery import FoldContext, Parsed, body_key, iso, pars
 from functions.webhooks.models import RevenueCatEvent, RevenueCatWebhook
 from functions.webhooks.queries import is_uuid
 from functions.webhooks.settings import WebhooksSettings
-from functions.webhooks.state import FOREVER, Fact, Folded, Result, Row, SubState, order_key, parse_dt
+from functions.webhooks.state import FOREVER, Fact, Folded, Result, Row, SubState, expand, order_key, parse_dt
 
 PROVIDER = "revenuecat"
 STATUS = {
@@ -153,16 +153,6 @@ def _users(ctx: FoldContext, ids: list[str]) -> list[str]:
         u = u or ctx.users.get(f"ext:{i}")
         if u and u not in out:
             out.append(u)
-    return out
-
-
-def expand(facts: list[Fact]) -> list[Fact]:
-    """The facts plus the provider snapshots riding on them (a re-read at fetch time)."""
-    out = list(facts)
-    for f in facts:
-        snap = f.data.get("snapshot")
-        if snap:
-            out.append(Fact(f.delivery_id, f.key + "#snapshot", "provider_snapshot", parse_dt(snap["at"]), snap))
     return out
 
 

@@ -159,6 +159,18 @@ def add_interval(start: datetime, interval: str) -> datetime:
     return start.replace(year=year, month=month, day=day)
 
 
+def expand(facts: list[Fact]) -> list[Fact]:
+    """The facts plus the provider snapshots riding on them: a re-read's answer enters the
+    fold as a fact of its own, at its fetch time (each provider's `with_truth` stores the
+    answer on the delivery's fact as `snapshot`)."""
+    out = list(facts)
+    for f in facts:
+        snap = f.data.get("snapshot")
+        if snap:
+            out.append(Fact(f.delivery_id, f.key + "#snapshot", "provider_snapshot", parse_dt(snap["at"]), snap))
+    return out
+
+
 def parse_dt(value: Any) -> datetime | None:
     if not value:
         return None
