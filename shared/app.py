@@ -110,6 +110,8 @@ class FunctionApp:
         self._scheduled: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
         self._gauges: list[Callable[[Any], Awaitable[dict[str, float]]]] = []
         self._initialised = False
+        #: the KV whose first request's calls get the cold deadline (set by `warm`)
+        self._kv_cold: Any = None
         #: the services the function needs (its deep health checks them; init connects to
         #: Postgres and Redis among them): set by `shared.health.add_health_route`
         self.dependencies: tuple[str, ...] = ()
@@ -172,7 +174,16 @@ class FunctionApp:
             return
         if self._stack is None:
             self._stack = self._build_stack()
-        await self._stack(scope, receive, send)
+        if self._kv_cold is None or scope["type"] != "http":
+            await self._stack(scope, receive, send)
+            return
+        try:
+            await self._stack(scope, receive, send)
+        finally:
+            # the first request is over: from now on REDIS_TIMEOUT_MS alone governs
+            kv, self._kv_cold = self._kv_cold, None
+            if kv is not None:
+                kv.warmed()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         # a container (Cloud Run) prepares and connects before it reports started: its
@@ -228,7 +239,9 @@ class FunctionApp:
         """Open what the first request would otherwise open: the middleware stack, a
         connection to each service this function checks in its deep health (Postgres,
         Redis/Upstash), and the auth signing keys. A service that cannot be reached is
-        logged, not fatal: the first request then meets it under the route's own policy."""
+        logged, not fatal: the first request then meets it under the route's own policy.
+        Once Redis answered, the first request's Redis calls get REDIS_COLD_TIMEOUT_MS
+        (`KV.cold_start`): REDIS_TIMEOUT_MS is sized for warm calls."""
         if self._stack is None:
             self._stack = self._build_stack()
         from shared.emf import warm as warm_emf
@@ -242,7 +255,12 @@ class FunctionApp:
                     if name == "database":
                         await self.services.db.fetch("select 1 as ok", service=True)
                     elif name == "redis":
-                        await self.services.kv.execute("PING", timeout=self.WARM_TIMEOUT_S)
+                        kv = self.services.kv
+                        await kv.execute("PING", timeout=self.WARM_TIMEOUT_S)
+                        # the first request's calls still run code for the first time in
+                        # this process: they get the cold deadline (`shared.kv`)
+                        kv.cold_start(getattr(self.settings, "redis_cold_timeout_ms", 1000) / 1000)
+                        self._kv_cold = kv
                 opened[name] = "up"
             except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, the request decides
                 opened[name] = f"down: {getattr(exc, 'code', type(exc).__name__)}"

@@ -12,6 +12,12 @@ bug, not an outage); a slow or unreachable Redis raises `KVUnavailable` (a 503 d
 error, code `REDIS_TIMEOUT` or `REDIS_UNAVAILABLE`), so each route can choose fail-open or
 fail-closed. Neither backend retries inside a call; the next call reconnects.
 
+The deadline is sized for a warm process. A process's first request also pays one-time
+costs inside its Redis calls (code paths run for the first time, a loaded machine's
+scheduling of a process that just started): until `warmed()`, calls made with the default
+deadline get `cold_timeout` when that is longer (`cold_start()`; the app sets it at init,
+once Redis answered, and clears it when its first request ends).
+
 Scripts run by EVALSHA with a NOSCRIPT fallback to EVAL: one round trip when loaded.
 
 The backends' libraries are imported only when a backend is built: importing this module
@@ -76,6 +82,8 @@ class KV:
     def __init__(self, *, timeout: float = 0.05, prefix: str = "") -> None:
         self.timeout = timeout
         self.prefix = prefix
+        #: the deadline of default-deadline calls until `warmed()` (None: warm)
+        self.cold_timeout: float | None = None
         #: network round trips made (benchmarks and tests read it)
         self.round_trips = 0
 
@@ -98,10 +106,21 @@ class KV:
             return []
         return await self._call(self._pipeline, [[_arg(a) for a in c] for c in commands], timeout)  # type: ignore[no-any-return]
 
+    def cold_start(self, timeout: float) -> None:
+        """Until `warmed()`, calls with the default deadline wait up to `timeout` when it is
+        longer: the first request of a process (see the module docstring)."""
+        self.cold_timeout = timeout
+
+    def warmed(self) -> None:
+        """From now on every call has the warm deadline (`timeout`, REDIS_TIMEOUT_MS)."""
+        self.cold_timeout = None
+
     async def _call(self, fn: Any, payload: Any, timeout: float | None) -> Any:
         self.round_trips += 1
+        if timeout is None:
+            timeout = self.timeout if self.cold_timeout is None else max(self.timeout, self.cold_timeout)
         try:
-            async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            async with asyncio.timeout(timeout):
                 reply = await fn(payload)
                 return _norm(reply) if self.normalize else reply
         except (KVCommandError, errors.AppError):

@@ -120,6 +120,10 @@ class CoreSettings(Settings):
     redis_timeout_ms: int = 50
     """Deadline for every Redis call, in milliseconds; past it each route fails open or
     closed as it declares."""
+    redis_cold_timeout_ms: int = Field(default=1000, ge=0)
+    """Deadline for the Redis calls of a process's first request (a cold start), in
+    milliseconds, when longer than REDIS_TIMEOUT_MS: that request also pays one-time costs
+    (code run for the first time in a fresh process). Applies only when init reached Redis."""
     key_prefix: str = "edgefn"
     """Prefix of every Redis key, so several deployments (or test runs) can share one Redis."""
 

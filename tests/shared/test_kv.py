@@ -396,3 +396,22 @@ def test_the_rest_backend_does_not_need_upstash_redis() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+async def test_the_cold_deadline_holds_until_warmed(make_kv: Callable[..., Any], bridge: Any) -> None:
+    """A process's first request: calls with the default deadline wait up to the cold one;
+    once warmed, the warm deadline governs again. An explicit deadline is always its own."""
+    kv = make_kv("upstash", timeout=DEADLINE)
+    k = kv.key("kv", uuid.uuid4().hex)
+    await kv.set(k, "v")
+    bridge.delay_seconds = DEADLINE + 0.1
+    kv.cold_start(DEADLINE + 1.0)
+    assert await kv.get(k) == "v"
+    with pytest.raises(KVUnavailable):
+        await kv.execute("GET", k, timeout=DEADLINE)
+    kv.warmed()
+    with pytest.raises(KVUnavailable) as err:
+        await kv.get(k)
+    assert err.value.code == "REDIS_TIMEOUT"
+    bridge.delay_seconds = 0.0
+    assert await kv.get(k) == "v"

@@ -7,6 +7,7 @@ returns. Plus the EMF writer's own rules, in process."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -251,3 +252,55 @@ def test_emf_is_off_unless_asked_and_ticks_by_interval(fresh_metrics: Any, monke
     emf.tick()
     doc = json.loads(stream.getvalue())
     assert check_emf(doc)["Requests"] == [1] and doc["service"] == "edgefn-prod"
+
+
+# -- the first request after init: the cold deadline ------------------------------------------------
+
+
+def swipe_event(token: str, target: str) -> dict[str, Any]:
+    event = health_event()
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/functions/v1/batch-swipe"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["headers"] = {**event["headers"], "authorization": f"Bearer {token}", "content-type": "application/json"}
+    event["body"] = json.dumps({"swipes": [{"target_id": target, "action": "pass"}]})
+    event["isBase64Encoded"] = False
+    return event
+
+
+def _cold_start(env: dict[str, str], event: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(event)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    logs = [json.loads(ln) for ln in out.stderr.splitlines() if ln.startswith("{")]
+    return result, logs
+
+
+async def test_the_first_request_after_init_gets_the_cold_redis_deadline_later_ones_the_warm(
+    base_env: dict[str, Any], bridge: Any, database_url: str, make_token: Any
+) -> None:
+    """batch-swipe fails closed when Redis is slow. Through the Upstash REST bridge with
+    every reply 150 ms late (three times REDIS_TIMEOUT_MS): init connects (its own deadline);
+    the first request, whose calls also carry a fresh process's one-time costs, gets the cold
+    deadline and is served; the second is warm and REDIS_TIMEOUT_MS governs it again (503).
+    With no cold deadline (REDIS_COLD_TIMEOUT_MS=0) the first request is refused too."""
+    from tests import factories as f
+
+    me, other = await f.create_user(database_url), await f.create_user(database_url)
+    event = await asyncio.to_thread(swipe_event, make_token(me), other)
+    env = lambda_env(base_env, UPSTASH_REDIS_REST_URL=bridge.base_url, UPSTASH_REDIS_REST_TOKEN=bridge.token,
+                     REDIS_TIMEOUT_MS="50", EDGEFN_METRICS="off")
+    del env["REDIS_URL"]
+    bridge.delay_seconds = 0.15
+    try:
+        result, logs = await asyncio.to_thread(_cold_start, env, event)
+        (init,) = [e for e in logs if e["msg"] == "init"]
+        assert init["services"]["redis"] == "up"
+        first, second = result["results"]
+        assert first["status"] == 200, first["body"]
+        assert second["status"] == 503 and second["body"]["error"]["code"] == "RATE_LIMITER_UNAVAILABLE"
+
+        result, _ = await asyncio.to_thread(_cold_start, {**env, "REDIS_COLD_TIMEOUT_MS": "0"}, event)
+        assert [r["status"] for r in result["results"]] == [503, 503]
+    finally:
+        bridge.delay_seconds = 0.0
