@@ -87,7 +87,7 @@ class PrincipalCache:
 
 
 class JWKSCache:
-    """Signing keys by `kid`, fetched with httpx under a deadline, one fetch at a time.
+    """Signing keys by `kid`, fetched under a deadline (`shared.http1`), one fetch at a time.
 
     A request never waits for a fetch while the keys it needs are usable:
 
@@ -180,9 +180,9 @@ class JWKSCache:
     async def _fetch(self) -> None:
         try:
             if self.http is None:
-                from shared import tls
+                from shared.http1 import Client
 
-                self.http = tls.client(timeout=self.timeout)
+                self.http = Client(timeout=self.timeout)
             async with asyncio.timeout(self.timeout):
                 resp = await self.http.get(self.url, timeout=self.timeout)
                 resp.raise_for_status()
