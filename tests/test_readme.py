@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_the_layout_names_every_shared_module() -> None:
     layout = README[README.index("- `shared/`:"): README.index("- `sql/migrations/`")]
-    named = set(re.findall(r"`([a-z_]+)`", layout))
+    named = set(re.findall(r"`([a-z_][a-z0-9_]*)`", layout))
     modules = {p.stem for p in (ROOT / "shared").glob("*.py") if p.stem != "__init__"}
     assert modules - named == set(), "name them in the README's layout list"
     assert named - modules - {"shared"} == set(), "the README names modules that do not exist"
