@@ -248,32 +248,37 @@ class FunctionApp:
 
         warm_emf()
         started = time.perf_counter()
-        opened: dict[str, str] = {}
-        for name in (d for d in self.dependencies if d in ("database", "redis")):
-            try:
-                async with asyncio.timeout(self.WARM_TIMEOUT_S):
-                    if name == "database":
-                        await self.services.db.fetch("select 1 as ok", service=True)
-                    elif name == "redis":
-                        kv = self.services.kv
-                        await kv.execute("PING", timeout=self.WARM_TIMEOUT_S)
-                        # the first request's calls still run code for the first time in
-                        # this process: they get the cold deadline (`shared.kv`)
-                        kv.cold_start(getattr(self.settings, "redis_cold_timeout_ms", 1000) / 1000)
-                        self._kv_cold = kv
-                opened[name] = "up"
-            except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, the request decides
-                opened[name] = f"down: {getattr(exc, 'code', type(exc).__name__)}"
+        # at once, not one after the other: on Lambda each is a TLS handshake and a round
+        # trip or more to another service, and init waits for the slowest only
+        checks = {name: self._open(name) for name in self.dependencies if name in ("database", "redis")}
         if any(r.auth != "public" for r in self.routes) and getattr(self.settings, "jwks_url", None):
-            # the signing keys (and the JWT and crypto imports) before the first token
-            try:
-                async with asyncio.timeout(self.WARM_TIMEOUT_S):
-                    await self.services.verifier.jwks.get("")
-                opened["auth"] = "up" if self.services.verifier.jwks.keys else "down: no keys"
-            except (Exception, TimeoutError) as exc:  # noqa: BLE001 - the first request retries
-                opened["auth"] = f"down: {getattr(exc, 'code', type(exc).__name__)}"
+            checks["auth"] = self._open("auth")
+        opened = dict(zip(checks, await asyncio.gather(*checks.values())))
         json_log.log("info", "init", function=self.name, version=VERSION, services=opened,
                      ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def _open(self, name: str) -> str:
+        """Open one service for `warm`; "up", or "down: <code>" (reported, not raised: the
+        first request meets the service under the route's own policy)."""
+        try:
+            async with asyncio.timeout(self.WARM_TIMEOUT_S):
+                if name == "database":
+                    await self.services.db.fetch("select 1 as ok", service=True)
+                elif name == "redis":
+                    kv = self.services.kv
+                    await kv.execute("PING", timeout=self.WARM_TIMEOUT_S)
+                    # the first request's calls still run code for the first time in this
+                    # process: they get the cold deadline (`shared.kv`)
+                    kv.cold_start(getattr(self.settings, "redis_cold_timeout_ms", 1000) / 1000)
+                    self._kv_cold = kv
+                elif name == "auth":
+                    # the signing keys (and the JWT and crypto imports) before the first token
+                    await self.services.verifier.jwks.get("")
+                    if not self.services.verifier.jwks.keys:
+                        return "down: no keys"
+            return "up"
+        except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, the request decides
+            return f"down: {getattr(exc, 'code', type(exc).__name__)}"
 
     def _lambda_init(self) -> None:
         """Lambda's init phase (the handler module's import): settings (secrets included),
@@ -284,6 +289,7 @@ class FunctionApp:
             self._stack = self._build_stack()  # the settings configure logging, Sentry, EMF
         sentry.init()
         _event_loop().run_until_complete(self.warm())
+        self._lambda_adapter()  # its import is init's, not the first request's
 
     def scheduled(self, fn: Callable[[Any], Awaitable[dict[str, Any]]]) -> Callable[[Any], Awaitable[dict[str, Any]]]:
         """Register the coroutine a scheduled invocation runs. It gets the services. On
@@ -342,15 +348,19 @@ class FunctionApp:
         try:
             if event.get("detail-type") == "Scheduled Event" and event.get("source") == "aws.events":
                 return self._run_scheduled()
-            if self._mangum is None:
-                from mangum import Mangum
-
-                self._mangum = Mangum(self, lifespan="off")
-            return self._mangum(event, context)  # type: ignore[no-any-return]
+            return self._lambda_adapter()(event, context)  # type: ignore[no-any-return]
         finally:
             # before the runtime may freeze the process: this invocation's metrics and errors
             self.emf.flush()
             sentry.flush()
+
+    def _lambda_adapter(self) -> Any:
+        """Mangum: a Lambda event in, the ASGI app run, a Lambda response out."""
+        if self._mangum is None:
+            from mangum import Mangum
+
+            self._mangum = Mangum(self, lifespan="off")
+        return self._mangum
 
     def _run_scheduled(self) -> dict[str, Any]:
         if self._scheduled is None:
