@@ -54,7 +54,7 @@ class Client:
     """`await client.post(url, json=..., headers=...)`, `await client.get(url)`; each call
     under `timeout` seconds when given (the client's default, else none)."""
 
-    def __init__(self, *, timeout: float | None = None, max_idle: int = 8) -> None:
+    def __init__(self, *, timeout: float | None = None, max_idle: int = 20) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
