@@ -164,6 +164,7 @@ class FunctionApp:
             self._services = services
         self._stack = None
         self._pipeline = None
+        self._kv_cold = None
         return self
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -235,13 +236,14 @@ class FunctionApp:
     #: how long init may spend opening connections before it lets requests in anyway
     WARM_TIMEOUT_S = 5.0
 
-    async def warm(self) -> None:
+    async def warm(self) -> dict[str, str]:
         """Open what the first request would otherwise open: the middleware stack, a
         connection to each service this function checks in its deep health (Postgres,
         Redis/Upstash), and the auth signing keys. A service that cannot be reached is
         logged, not fatal: the first request then meets it under the route's own policy.
         Once Redis answered, the first request's Redis calls get REDIS_COLD_TIMEOUT_MS
-        (`KV.cold_start`): REDIS_TIMEOUT_MS is sized for warm calls."""
+        (`KV.cold_start`): REDIS_TIMEOUT_MS is sized for warm calls. Returns each service's
+        state, as logged: "up" or "down: <code>"."""
         if self._stack is None:
             self._stack = self._build_stack()
         from shared.emf import warm as warm_emf
@@ -256,6 +258,7 @@ class FunctionApp:
         opened = dict(zip(checks, await asyncio.gather(*checks.values())))
         json_log.log("info", "init", function=self.name, version=VERSION, services=opened,
                      ms=round((time.perf_counter() - started) * 1000, 2))
+        return opened
 
     async def _open(self, name: str) -> str:
         """Open one service for `warm`; "up", or "down: <code>" (reported, not raised: the

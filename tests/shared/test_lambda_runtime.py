@@ -304,3 +304,41 @@ async def test_the_first_request_after_init_gets_the_cold_redis_deadline_later_o
         assert [r["status"] for r in result["results"]] == [503, 503]
     finally:
         bridge.delay_seconds = 0.0
+
+
+async def test_init_reports_a_silent_redis_opens_the_rest_and_then_gives_no_cold_deadline(
+    base_env: dict[str, Any], silent_server: Any, make_token: Any
+) -> None:
+    """Redis accepts connections and never answers. Init still opens Postgres and fetches
+    the keys, reports Redis down; since init never reached Redis, the first request has no
+    cold deadline: a fail-closed route answers 503 under REDIS_TIMEOUT_MS."""
+    import httpx
+
+    from shared.app import FunctionApp
+    from shared.health import add_health_route
+    from shared.services import Services
+    from shared.settings import CoreSettings
+
+    fn = FunctionApp("init-probe", settings=CoreSettings)
+    add_health_route(fn, ("database", "redis"))
+
+    @fn.get("/me", auth="required", redis_failure="closed")
+    async def me(ctx: Any) -> Any:
+        return {"user": ctx.principal.user_id}
+
+    settings = CoreSettings.load(env={}, **{**base_env, "redis_url": f"redis://127.0.0.1:{silent_server.port}/0",
+                                            "redis_timeout_ms": 50})
+    services = Services(settings)
+    fn.configure(settings=settings, services=services)
+    fn.WARM_TIMEOUT_S = 0.5
+    try:
+        opened = await fn.warm()
+        assert opened["database"] == "up" and opened["auth"] == "up"
+        assert opened["redis"].startswith("down: ")
+        assert services.kv.cold_timeout is None
+        token = await asyncio.to_thread(make_token)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fn), base_url="http://t") as client:
+            r = await client.get("/me", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "RATE_LIMITER_UNAVAILABLE"
+    finally:
+        await services.aclose()
