@@ -54,9 +54,11 @@ class Client:
     """`await client.post(url, json=..., headers=...)`, `await client.get(url)`; each call
     under `timeout` seconds when given (the client's default, else none)."""
 
-    def __init__(self, *, timeout: float | None = None, max_idle: int = 20) -> None:
+    def __init__(self, *, timeout: float | None = None, max_idle: int = 20, verify: Any = None) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
+        #: the TLS context of https URLs (an `ssl.SSLContext`); None: the process's shared one
+        self.verify = verify
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         #: connections opened (tests read it)
         self.connects = 0
@@ -125,7 +127,7 @@ class Client:
         if scheme == "https":
             from shared import tls
 
-            ssl_context = tls.context()
+            ssl_context = self.verify or tls.context()
         self.connects += 1
         return await asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=host if ssl_context else None,
                                              limit=MAX_BODY)

@@ -147,7 +147,11 @@ async def test_status_errors_and_bad_input(serve: Any) -> None:
     await client.aclose()
 
 
-def _self_signed() -> ssl.SSLContext:
+def _self_signed() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for 127.0.0.1, and a client context
+    that trusts exactly that certificate."""
+    import ipaddress
+
     import tempfile
 
     from cryptography import x509
@@ -160,6 +164,8 @@ def _self_signed() -> ssl.SSLContext:
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
             .sign(key, hashes.SHA256()))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
@@ -168,15 +174,25 @@ def _self_signed() -> ssl.SSLContext:
                                   serialization.NoEncryption()))
         f.flush()
         ctx.load_cert_chain(f.name)
-    return ctx
+    trusting = ssl.create_default_context(cadata=cert.public_bytes(serialization.Encoding.PEM).decode())
+    return ctx, trusting
 
 
 async def test_https_verifies_the_server_certificate(serve: Any) -> None:
     """TLS with the process's context (certifi's CA bundle): a certificate no CA signed is
-    refused before anything is sent."""
-    srv = await serve([ok(b"secret")], await asyncio.to_thread(_self_signed))
+    refused before anything is sent. With a context that trusts it, requests go through and
+    share one TLS connection."""
+    server_ctx, trusting = await asyncio.to_thread(_self_signed)
+    srv = await serve([ok(b"secret"), ok(b"one"), ok(b"two")], server_ctx)
     client = Client(timeout=5.0)
     with pytest.raises(ssl.SSLCertVerificationError):
         await client.get(f"https://127.0.0.1:{srv.port}/")
     assert srv.requests == []
+    await client.aclose()
+    srv.replies.pop(0)
+    # a context that trusts the certificate: requests go through, on one TLS connection
+    client = Client(timeout=5.0, verify=trusting)
+    assert (await client.post(f"https://127.0.0.1:{srv.port}/", json=["PING"])).content == b"one"
+    assert (await client.get(f"https://127.0.0.1:{srv.port}/")).content == b"two"
+    assert client.connects == 1
     await client.aclose()
