@@ -181,10 +181,14 @@ class FunctionApp:
         try:
             await self._stack(scope, receive, send)
         finally:
-            # the first request is over: from now on REDIS_TIMEOUT_MS alone governs
-            kv, self._kv_cold = self._kv_cold, None
-            if kv is not None:
-                kv.warmed()
+            self._end_cold_start()
+
+    def _end_cold_start(self) -> None:
+        """The first request (or scheduled run) is over: from now on REDIS_TIMEOUT_MS alone
+        governs Redis calls."""
+        kv, self._kv_cold = self._kv_cold, None
+        if kv is not None:
+            kv.warmed()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         # a container (Cloud Run) prepares and connects before it reports started: its
@@ -368,7 +372,10 @@ class FunctionApp:
     def _run_scheduled(self) -> dict[str, Any]:
         if self._scheduled is None:
             return {"ok": False, "error": "this function has no scheduled work"}
-        return _event_loop().run_until_complete(self.run_scheduled())
+        try:
+            return _event_loop().run_until_complete(self.run_scheduled())
+        finally:
+            self._end_cold_start()
 
     # -- routing ---------------------------------------------------------------------------
 

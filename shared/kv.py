@@ -16,7 +16,7 @@ The deadline is sized for a warm process. A process's first request also pays on
 costs inside its Redis calls (code paths run for the first time, a loaded machine's
 scheduling of a process that just started): until `warmed()`, calls made with the default
 deadline get `cold_timeout` when that is longer (`cold_start()`; the app sets it at init,
-once Redis answered, and clears it when its first request ends).
+once Redis answered, and clears it when its first request or scheduled run ends).
 
 Scripts run by EVALSHA with a NOSCRIPT fallback to EVAL: one round trip when loaded.
 
