@@ -3,16 +3,18 @@ Upstash's REST API (`shared.kv.UpstashKV`) and the signing keys (`shared.auth.JW
 
 Why not httpx there: importing httpx, building a client and making its first request costs
 a fresh process about 55 ms of CPU (httpx, httpcore's sync and async stacks, anyio's socket
-layer, h11), a fifth of a cold start's init, for two kinds of request this module makes in
-~150 lines: a JSON POST and a GET, on keep-alive connections. httpx stays for everything
-else (providers, HTTP/2 push), imported where used.
+layer), a fifth of a cold start's init, for two kinds of request: a JSON POST and a GET, on
+keep-alive connections. The HTTP/1.1 itself (framing, chunked bodies, keep-alive rules,
+header validation) is h11's, the protocol state machine under httpx and uvicorn (~10 ms to
+import): this module only moves its bytes over an asyncio stream and keeps connections.
+httpx stays for everything else (providers, HTTP/2 push), imported where used.
 
 What it does: one request at a time per connection, idle connections kept per origin and
-reused (one the server closed while idle is dropped, not used), `Content-Length` and
-chunked bodies, TLS with the process's shared context (`shared.tls`). What it does not:
-redirects, proxies, compression (it asks for none), HTTP/2. A connection whose exchange
-did not finish (an error, or a deadline that cancelled the caller) is closed, never reused,
-so no reply is ever read as another request's.
+reused (one the server closed while idle is dropped, not used), TLS with the process's
+shared context (`shared.tls`). What it does not: redirects, proxies, compression (it asks
+for none), HTTP/2. A connection whose exchange did not finish (an error, or a deadline that
+cancelled the caller) is closed, never reused, so no reply is ever read as another
+request's. A malformed response is a `ConnectionError`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import json as _json
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
+
 #: the largest response head or body this client reads (JWKS and Redis replies are small)
 MAX_BODY = 16 * 1024 * 1024
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: bytes read from the socket at a time
+READ_CHUNK = 64 * 1024
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
 
 
 class HTTPStatusError(Exception):
@@ -76,51 +82,54 @@ class Client:
             raise ValueError(f"not an http(s) URL: {url!r}")
         origin = (u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80))
         body = content if json is None else _json.dumps(json, separators=(",", ":")).encode()
-        head = self._head(method, u.path or "/", u.query, u.netloc.rpartition("@")[2], headers, body, json is not None)
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        fields = [("Host", u.netloc.rpartition("@")[2]), ("Accept-Encoding", "identity"), ("User-Agent", "edgefn")]
+        if body is not None:
+            fields.append(("Content-Length", str(len(body))))
+            if json is not None:
+                fields.append(("Content-Type", "application/json"))
+        fields += list((headers or {}).items())
+        try:  # h11 refuses line breaks and other bytes a header may not hold
+            request = h11.Request(method=method, target=target, headers=fields)
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"bad request: {exc}") from None
         limit = self.timeout if timeout is None else timeout
         if limit is None:
-            return await self._exchange(origin, method, head, body)
+            return await self._exchange(origin, request, body)
         async with asyncio.timeout(limit):
-            return await self._exchange(origin, method, head, body)
+            return await self._exchange(origin, request, body)
 
-    @staticmethod
-    def _head(method: str, path: str, query: str, host: str, headers: dict[str, str] | None, body: bytes | None,
-              is_json: bool) -> bytes:
-        lines = [f"{method} {path}{'?' + query if query else ''} HTTP/1.1", f"Host: {host}",
-                 "Accept-Encoding: identity", "User-Agent: edgefn"]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-            if is_json:
-                lines.append("Content-Type: application/json")
-        for name, value in (headers or {}).items():
-            if any(c in name or c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} holds a line break")
-            lines.append(f"{name}: {value}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    async def _exchange(self, origin: tuple[str, str, int], method: str, head: bytes, body: bytes | None) -> Response:
-        reader, writer = await self._acquire(origin)
+    async def _exchange(self, origin: tuple[str, str, int], request: h11.Request, body: bytes | None) -> Response:
+        reader, writer, conn = await self._acquire(origin)
         try:
-            writer.write(head + body if body else head)
+            out = conn.send(request) or b""
+            if body:
+                out += conn.send(h11.Data(data=body)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+            writer.write(out)
             await writer.drain()
-            response, reusable = await self._read(reader, method)
+            response = await self._read(reader, conn)
+        except h11.ProtocolError as exc:
+            writer.transport.abort()
+            raise ConnectionError(f"bad HTTP response: {exc}") from None
         except BaseException:  # an error, or a deadline that cancelled us mid-exchange
             writer.transport.abort()
             raise
         idle = self._idle.setdefault(origin, [])
-        if reusable and len(idle) < self.max_idle:
-            idle.append((reader, writer))
-        else:
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and len(idle) < self.max_idle:
+            conn.start_next_cycle()
+            idle.append((reader, writer, conn))
+        else:  # Connection: close, HTTP/1.0, a close-delimited body
             writer.transport.abort()
         return response
 
     async def _acquire(self, origin: tuple[str, str, int]) -> _Conn:
         idle = self._idle.get(origin, [])
         while idle:
-            reader, writer = idle.pop()
+            reader, writer, conn = idle.pop()
             # a connection the server closed while it sat idle has its EOF queued already
             if not reader.at_eof() and not writer.is_closing():
-                return reader, writer
+                return reader, writer, conn
             writer.transport.abort()
         scheme, host, port = origin
         ssl_context = None
@@ -129,51 +138,36 @@ class Client:
 
             ssl_context = self.verify or tls.context()
         self.connects += 1
-        return await asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=host if ssl_context else None,
-                                             limit=MAX_BODY)
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context,
+                                                       server_hostname=host if ssl_context else None)
+        return reader, writer, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_BODY)
 
     @staticmethod
-    async def _read(reader: asyncio.StreamReader, method: str) -> tuple[Response, bool]:
-        status_line = (await reader.readuntil(b"\r\n")).decode("latin-1")
-        version, _, rest = status_line.partition(" ")
-        if not version.startswith("HTTP/1."):
-            raise ConnectionError(f"not an HTTP/1 response: {status_line[:40]!r}")
-        status = int(rest[:3])
-        headers: dict[str, str] = {}
-        raw = await reader.readuntil(b"\r\n\r\n")
-        for line in raw.decode("latin-1").split("\r\n"):
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        keep = headers.get("connection", "").lower() != "close" and version != "HTTP/1.0"
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            return Response(status, headers, b""), keep
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            size = 0
-            while True:
-                n = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                size += n
+    async def _read(reader: asyncio.StreamReader, conn: h11.Connection) -> Response:
+        status, headers, parts, size = 0, {}, [], 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(READ_CHUNK))  # b"" is the server's EOF
+                continue
+            if isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                #: names lower-cased; a repeated header keeps its last value
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
                 if size > MAX_BODY:
                     raise ConnectionError("response body too large")
-                if n == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                        pass
-                    return Response(status, headers, b"".join(parts)), keep
-                parts.append(await reader.readexactly(n))
-                await reader.readexactly(2)
-        if "content-length" in headers:
-            n = int(headers["content-length"])
-            if n > MAX_BODY:
-                raise ConnectionError("response body too large")
-            return Response(status, headers, await reader.readexactly(n)), keep
-        content = await reader.read()  # delimited by the server closing the connection
-        if len(content) > MAX_BODY:
-            raise ConnectionError("response body too large")
-        return Response(status, headers, content), False
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return Response(status, headers, b"".join(parts))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("the server closed the connection mid-response")
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
-            for _, writer in conns:
+            for _, writer, _conn in conns:
                 writer.transport.abort()
         self._idle.clear()

@@ -139,11 +139,28 @@ async def test_status_errors_and_bad_input(serve: Any) -> None:
     assert r.status_code == 404 and r.content == b""
     with pytest.raises(HTTPStatusError, match="HTTP 404"):
         r.raise_for_status()
-    with pytest.raises(ValueError, match="line break"):
+    with pytest.raises(ValueError, match="Illegal header value"):  # a line break: header injection
         await client.get(f"http://127.0.0.1:{srv.port}/", headers={"X-A": "b\r\nX-Injected: 1"})
     with pytest.raises(ValueError, match="not an http"):
         await client.get("ftp://127.0.0.1/")
     assert len(srv.requests) == 1  # neither bad request was sent
+    await client.aclose()
+
+
+@pytest.mark.parametrize("reply", [
+    b"SSH-2.0-OpenSSH_9.6\r\n\r\n",  # not HTTP at all
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",  # two lengths: smuggling
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello",  # cut short
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",  # bad chunk size
+    b"HTTP/1.1 200 OK\r\nBad Header Name: x\r\nContent-Length: 0\r\n\r\n",
+], ids=["not-http", "two-content-lengths", "cut-short", "bad-chunk", "bad-header-name"])
+async def test_a_malformed_response_is_a_connection_error_and_the_connection_is_dropped(serve: Any,
+                                                                                       reply: bytes) -> None:
+    srv = await serve([reply, ok(b"fine")])
+    client = Client(timeout=2.0)
+    with pytest.raises(ConnectionError):
+        await client.get(f"http://127.0.0.1:{srv.port}/")
+    assert client._idle.get(("http", "127.0.0.1", srv.port), []) == []  # never reused
     await client.aclose()
 
 
