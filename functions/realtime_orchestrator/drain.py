@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from functions.realtime_orchestrator import queries as q
 from functions.realtime_orchestrator.isolate import isolate
-from functions.realtime_orchestrator.pacing import Grant, Pacer
+from functions.realtime_orchestrator.pacing import REALTIME_TICK, REALTIME_WINDOW, Grant, Pacer
 from functions.realtime_orchestrator.providers import (
     ApnsSender, FcmSender, PushMessage, RealtimeBroadcast, Result, apns_from_settings, fail_fast_on_missing_sniffio,
     fcm_from_settings, message_id,
@@ -185,7 +185,7 @@ class Orchestrator:
             if provider == "realtime":
                 pacer = Pacer(self.services.kv, provider, ceiling=s.realtime_messages_per_second,
                               max_batch=max(1, s.realtime_batch_size), batch_seconds=s.realtime_batch_seconds,
-                              backoff=self.throttle_backoff)
+                              backoff=self.throttle_backoff, window=REALTIME_WINDOW, min_pause=REALTIME_TICK)
             else:
                 ceiling = s.fcm_messages_per_second if provider == "fcm" else s.apns_messages_per_second
                 pacer = Pacer(self.services.kv, provider, ceiling=ceiling, backoff=self.throttle_backoff)
@@ -519,7 +519,7 @@ class Orchestrator:
         progress += await self.finish(pending, report, "realtime")
         unused = grant.granted - len(rows) + released
         if sent or unused:
-            await pacer.acquire(self.clock(), 0, sent=sent, unused=unused)
+            await pacer.acquire(self.clock(), 0, sent=sent, unused=unused, granted_at=grant.at)
         return progress
 
     def _broadcaster(self, report: DrainReport) -> Callable[[Sequence[dict[str, Any]]], Awaitable[Result]]:
