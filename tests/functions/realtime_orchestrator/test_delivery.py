@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from functions.realtime_orchestrator.pacing import REALTIME_TICK
 from tests.factories import add_match, create_user
 from tests.functions.realtime_orchestrator.conftest import (
     FakeClock, add_device, deliveries, enqueue, set_prefs,
@@ -293,9 +294,10 @@ async def test_realtime_429_backs_off_without_spending_attempts_and_keeps_order(
     rows = [r for e in ids for r in await deliveries(database_url, e) if r["channel"] == "realtime"]
     assert {r["status"] for r in rows} == {"pending"} and {r["attempts"] for r in rows} == {0}
     assert {r["throttles"] for r in rows} == {1}  # the throttle budget, not an attempt
-    assert all(0.5 <= r["available_at"].timestamp() - clock() <= 1.0 for r in rows)  # 1 s, jittered
+    # the 1 s base is shorter than one tick of Realtime's average (5 s): a tick, jittered
+    assert all(REALTIME_TICK / 2 <= r["available_at"].timestamp() - clock() <= REALTIME_TICK for r in rows)
     fake.mode["realtime"] = "ok"
-    clock.advance(1.1)
+    clock.advance(REALTIME_TICK + 0.1)
     await orch.drain(budget=5)
     assert [m["payload"]["event_id"] for m in mine(fake.broadcasts(), {f"user:{u}"})] == ids
     assert {a[1] for e in ids for a in await attempts_of(database_url, e)} == {"throttled", "sent"}
