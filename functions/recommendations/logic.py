@@ -35,11 +35,11 @@ async def load(ctx: RequestContext, query: DeckQuery) -> dict[str, Any]:
     user_id = caller(ctx)
     settings: RecommendationsSettings = ctx.settings  # type: ignore[assignment]
     digest = filters_digest(query.filters())
+    # the function's clock (as the dashboard's): the deck counts ages on this day
+    now = datetime.fromtimestamp(int(ctx.services.clock()), UTC)
     if query.cursor is not None:
-        after = decode(query.cursor, digest)
+        after = decode(query.cursor, digest, now)
     else:
-        # the function's clock (as the dashboard's): the deck counts ages on this day
-        now = datetime.fromtimestamp(int(ctx.services.clock()), UTC)
         after = Cursor(settings.deck_strategy, 0, None, None, now, digest)
     version_key, page_key = pages.keys(ctx.services, user_id, query.model_dump(mode="json"))
     version, cached = await pages.read(ctx.services, version_key, page_key)
