@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import select
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +33,24 @@ MAX_BODY = 16 * 1024 * 1024
 #: bytes read from the socket at a time
 READ_CHUNK = 64 * 1024
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
+_Idle = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection, float]
+
+
+def _usable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """An idle connection is reused only while nothing has arrived on it: a connection the
+    server closed while idle has its EOF queued (seen by the loop), or still sitting in the
+    kernel when the loop has not run since (a Lambda thawed after a freeze: the server's FIN
+    came while the process was stopped), which the socket tells without reading."""
+    if reader.at_eof() or writer.is_closing():
+        return False
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed underneath us
+        return False
+    return not readable
 
 
 class HTTPStatusError(Exception):
@@ -60,12 +80,16 @@ class Client:
     """`await client.post(url, json=..., headers=...)`, `await client.get(url)`; each call
     under `timeout` seconds when given (the client's default, else none)."""
 
-    def __init__(self, *, timeout: float | None = None, max_idle: int = 20, verify: Any = None) -> None:
+    def __init__(self, *, timeout: float | None = None, max_idle: int = 20, verify: Any = None,
+                 idle_seconds: float = 30.0) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
         #: the TLS context of https URLs (an `ssl.SSLContext`); None: the process's shared one
         self.verify = verify
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        #: an idle connection older than this is closed, not reused (httpx closes them after 5 s;
+        #: servers and NATs drop idle connections silently after a while)
+        self.idle_seconds = idle_seconds
+        self._idle: dict[tuple[str, str, int], list[_Idle]] = {}
         #: connections opened (tests read it)
         self.connects = 0
 
@@ -118,17 +142,17 @@ class Client:
         idle = self._idle.setdefault(origin, [])
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE and len(idle) < self.max_idle:
             conn.start_next_cycle()
-            idle.append((reader, writer, conn))
+            idle.append((reader, writer, conn, time.monotonic()))
         else:  # Connection: close, HTTP/1.0, a close-delimited body
             writer.transport.abort()
         return response
 
     async def _acquire(self, origin: tuple[str, str, int]) -> _Conn:
         idle = self._idle.get(origin, [])
+        now = time.monotonic()
         while idle:
-            reader, writer, conn = idle.pop()
-            # a connection the server closed while it sat idle has its EOF queued already
-            if not reader.at_eof() and not writer.is_closing():
+            reader, writer, conn, since = idle.pop()
+            if _usable(reader, writer) and now - since < self.idle_seconds:
                 return reader, writer, conn
             writer.transport.abort()
         scheme, host, port = origin
@@ -168,6 +192,6 @@ class Client:
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
-            for _, writer, _conn in conns:
+            for _, writer, _conn, _since in conns:
                 writer.transport.abort()
         self._idle.clear()

@@ -119,6 +119,32 @@ async def test_a_connection_closed_by_the_server_while_idle_is_not_used(serve: A
     await client.aclose()
 
 
+async def test_a_close_the_loop_has_not_seen_yet_is_caught_before_reuse(serve: Any) -> None:
+    """A Lambda frozen between invocations: the server closes the idle connection while the
+    process is stopped, so on thaw the FIN is in the kernel but the loop has not read it.
+    (Reading is paused here to hold the loop off it.) The connection is not reused."""
+    srv = await serve([ok(b"1"), ok(b"2")])
+    client = Client(timeout=2.0)
+    assert (await client.get(f"http://127.0.0.1:{srv.port}/")).content == b"1"
+    (reader, writer, _conn, _since), = client._idle[("http", "127.0.0.1", srv.port)]
+    writer.transport.pause_reading()
+    srv.drop_all()
+    await asyncio.sleep(0.05)  # the close reaches the client's kernel, not its StreamReader
+    assert not reader.at_eof()
+    assert (await client.get(f"http://127.0.0.1:{srv.port}/")).content == b"2"
+    assert client.connects == 2
+    await client.aclose()
+
+
+async def test_a_connection_idle_too_long_is_not_reused(serve: Any) -> None:
+    srv = await serve([ok(b"1"), ok(b"2")])
+    client = Client(idle_seconds=0.0)
+    assert (await client.get(f"http://127.0.0.1:{srv.port}/")).content == b"1"
+    assert (await client.get(f"http://127.0.0.1:{srv.port}/")).content == b"2"
+    assert client.connects == 2
+    await client.aclose()
+
+
 async def test_a_deadline_mid_exchange_closes_the_connection(serve: Any) -> None:
     """The late answer to the first request must never be read as the second's."""
     srv = await serve([ok(b"first"), ok(b"second")])
