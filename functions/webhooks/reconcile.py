@@ -2,7 +2,7 @@
 
 - `reconcile(services)`: the scheduled job (and `edgefn webhooks replay --pending`):
   1. deliveries still `pending` (unknown user, refund before its charge, failed re-read)
-     or `failed`, oldest event first, each at most `webhook_max_attempts` times and for
+     or `failed`, the least tried first (newest first among them), each at most `webhook_max_attempts` times and for
      30 days: applied through the same path as a live delivery once their user exists;
   2. deliveries applied from their body because the provider could not be read back
      (`webhook_verify_pending`, PAYSTACK_VERIFY / REVENUECAT_VERIFY): the provider is read
@@ -71,7 +71,11 @@ async def reconcile(services: Services, settings: WebhooksSettings | None = None
         "select id, provider, body from public.webhook_deliveries "
         "where outcome in ('received', 'pending', 'failed') and attempts < %s "
         f"and received_at > now() - interval '{RETRY_WINDOW_DAYS} days' "
-        "order by coalesce(event_at, received_at), id limit %s",
+        # the least tried first, the newest first among those: deliveries that wait for an
+        # account that never comes keep being tried (up to the attempts limit) but never hold
+        # back newer ones behind a full batch (state comes from the set of events, so the
+        # order they are retried in changes nothing)
+        "order by attempts, received_at desc, id limit %s",
         (settings.webhook_max_attempts, limit), service=True,
     )
     for row in rows:
@@ -132,7 +136,7 @@ async def verify_pending(services: Services, settings: WebhooksSettings, report:
         "select v.delivery_id as id, d.provider, d.body from public.webhook_verify_pending v "
         "join public.webhook_deliveries d on d.id = v.delivery_id "
         f"where v.attempts < %s and v.queued_at > now() - interval '{RETRY_WINDOW_DAYS} days' "
-        "order by v.queued_at limit %s",
+        "order by v.attempts, v.queued_at desc limit %s",  # as above: nothing starves behind a full batch
         (settings.webhook_max_attempts, limit), service=True,
     )
     for row in rows:
