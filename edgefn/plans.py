@@ -14,7 +14,7 @@ The file (TOML) holds one `[[plan]]` table per plan:
     amount = 200000                      # the price in the currency's minor unit (kobo, cents)
     currency = "NGN"
     interval = "monthly"                 # daily, weekly, monthly, quarterly, biannually, annually
-    tier = "paid"                        # free, paid or admin: what an active subscription grants
+    tier = "paid"                        # free or paid: what an active subscription grants
     active = true                        # optional (default true)
 
 A payment is checked against this row: a Paystack charge whose amount or currency differs
@@ -39,7 +39,9 @@ from typing import Any
 from edgefn.cli import CommandError
 
 PROVIDERS = ("paystack", "revenuecat")
-TIERS = ("free", "paid", "admin")
+#: what a plan may grant: never admin, which is given by hand and which nothing a payment
+#: does (a refund, an expiry) ever takes back
+TIERS = ("free", "paid")
 #: Paystack's plan intervals the database accepts (migration 0022) and
 #: functions.webhooks.state.add_interval knows; `yearly` is 0006's name for `annually`
 INTERVALS = ("daily", "weekly", "monthly", "quarterly", "biannually", "annually", "yearly")

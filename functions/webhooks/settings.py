@@ -44,7 +44,7 @@ class WebhooksSettings(CoreSettings):
     """Deadline of the RevenueCat re-read, in seconds (at most half of `webhook_deadline_s`)."""
     revenuecat_allow_sandbox: bool = True
     """SANDBOX purchases (TestFlight, test cards) change tiers; turn off in production"""
-    revenuecat_entitlement_tier: Literal["free", "paid", "admin"] = "paid"
+    revenuecat_entitlement_tier: Literal["free", "paid"] = "paid"
     """The tier an active RevenueCat entitlement grants when its product is not a plan row"""
 
     webhook_deadline_s: float = 0.9

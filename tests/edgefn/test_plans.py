@@ -109,6 +109,14 @@ tier = "gold"
 colour = "red"
 
 [[plan]]
+code = "staff"
+provider = "revenuecat"
+amount = 100
+currency = "USD"
+interval = "monthly"
+tier = "admin"
+
+[[plan]]
 code = "ok_but_no_paystack_code"
 amount = 100
 currency = "NGN"
@@ -120,8 +128,9 @@ tier = "paid"
     err = capsys.readouterr().err
     for words in ("plan 1 (bad one): unknown key 'colour'", "code must be", "provider must be one of paystack, revenuecat",
                   "amount must be a whole number", "NGN 2,000 is 200000 kobo", "currency must be a three-letter",
-                  "interval must be one of", "hourly plans are for its tests", "tier must be one of free, paid, admin",
-                  "plan 2 (ok_but_no_paystack_code): provider_plan_code is required for a Paystack plan"):
+                  "interval must be one of", "hourly plans are for its tests", "tier must be one of free, paid",
+                  "plan 3 (ok_but_no_paystack_code): provider_plan_code is required for a Paystack plan",
+                  "plan 2 (staff): tier must be one of free, paid, got 'admin'"):
         assert words in err, words
     assert rows(plans_db) == before
 
