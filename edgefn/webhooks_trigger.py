@@ -36,6 +36,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,6 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--currency", default=PAYSTACK_PLAN[2], help=f"Paystack currency (default {PAYSTACK_PLAN[2]})")
     p.add_argument("--product", default=REVENUECAT_PRODUCT, help=f"RevenueCat product id (default {REVENUECAT_PRODUCT})")
     p.add_argument("--json", action="store_true", help="print each delivery's answer as a JSON line")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="send to a server that is not on this machine (a staging stack): the deliveries are "
+                        "signed with real secrets and grant real tiers there")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,6 +204,10 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     if not base:
         raise CommandError(f"no server: no `edgefn dev` is running with --data-dir {args.data_dir} (start it, or pass --url)")
     base = base.rstrip("/")
+    host = urlsplit(base).hostname or ""
+    if not args.allow_remote and host not in ("localhost", "127.0.0.1", "::1"):
+        raise CommandError(f"{base} is not on this machine: trigger sends correctly signed deliveries that grant "
+                           f"real tiers; pass --allow-remote if that is what you want")
     url = base if base.endswith((f"{ROUTE}paystack", f"{ROUTE}revenuecat")) else f"{base}{ROUTE}{args.provider}"
     return url, secret
 

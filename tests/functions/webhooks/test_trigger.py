@@ -107,3 +107,16 @@ def test_an_event_not_applied_says_why(dev: DevServer, capsys: pytest.CaptureFix
     assert pending["outcome"] == "pending" and nobody in str(pending["reason"]), pending
     (applied,) = trigger(capsys, dev, "paystack", "charge.success", "--user", seeded_user(301))
     assert applied["outcome"] == "applied" and applied["reason"] is None, applied
+
+
+def test_a_server_elsewhere_needs_allow_remote(tmp_path: object, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed with real secrets (from the environment), a trigger grants real tiers: it goes
+    to another machine only when asked to, and then sends nothing without a server there."""
+    monkeypatch.setenv("PAYSTACK_SECRET_KEY", "sk_live_not_for_this")
+    args = ["webhooks", "trigger", "paystack", "charge.success", "--data-dir", str(tmp_path),
+            "--url", "https://api.example.com"]
+    assert main(args) == 1
+    assert "is not on this machine" in capsys.readouterr().err
+    assert main([*args[:-1], "http://127.0.0.1:9", "--json"]) == 1  # loopback: allowed, nothing listening
+    assert "cannot reach" in capsys.readouterr().err
