@@ -164,7 +164,7 @@ class FunctionApp:
             self._services = services
         self._stack = None
         self._pipeline = None
-        self._kv_cold = None
+        self._end_cold_start()  # the old services' Redis leaves its cold deadline too
         return self
 
     # -- ASGI ------------------------------------------------------------------------------
