@@ -88,6 +88,9 @@ _SUB_COLUMNS = "id, user_id, provider_ref, status, tier, plan_code, current_peri
 # the rate limiter falls back to (an admin row is never changed by a payment provider; the
 # row lock orders concurrent tier changes of one user), and `subscription.changed` for the
 # realtime orchestrator when the tier or a subscription changed, all in one statement.
+# Run it only after `_lock_users` (a separate statement): the `for update` below orders the
+# writes, but only a lock taken before the statement gives it a snapshot that includes the
+# subscriptions of a concurrent delivery for the same user.
 _REFRESH_TIER = """
 with eff as (
     select coalesce(max(case s.tier when 'admin' then 3 when 'paid' then 2 else 1 end), 1) as rank
@@ -120,6 +123,19 @@ with eff as (
 )
 select previous, tier, (select count(*) from announced) as announced from now_tier
 """
+
+
+
+
+def _lock_users(users: Sequence[str]) -> tuple[str, Any]:
+    """Per-user transaction locks, in sorted order, taken in a statement of their own BEFORE
+    the tier recomputes. A recompute reads the subscriptions in its statement's snapshot
+    (READ COMMITTED): had it waited inside that statement (on the user_tiers row lock) for
+    another delivery of the same user to commit, it would still not see that delivery's
+    subscription rows and could write a stale tier over it. Waiting here instead, the
+    recompute that follows starts after the other commits and sees everything it wrote."""
+    return ("select pg_advisory_xact_lock(hashtextextended('user_tier:' || u, 0)) "
+            "from (select unnest(%s::text[]) as u order by 1) s", (sorted(set(users)),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +236,13 @@ class Store:
         tier (announcing it when it or a subscription changed). Returns user -> tier now."""
         queued, self.queued = self.queued, []
         stmts = [*queued, self._finish_stmt(delivery_id, outcome, user_id, subscription_id, error, subject)]
+        if tiers:
+            stmts.append(_lock_users([t.user_id for t in tiers]))
         stmts += [(_REFRESH_TIER, {"user": t.user_id, "payload": _jsonb(t.payload), "changed": t.changed}) for t in tiers]
         # in order, in this transaction: each statement sees the writes before it
         results = await self._pipelined(*stmts) if len(stmts) > 1 else [await self._rows(*stmts[0])]
-        return {t.user_id: (rows[0]["tier"] or "free") for t, rows in zip(tiers, results[len(queued) + 1:], strict=True)}
+        refreshed = results[len(results) - len(tiers):]
+        return {t.user_id: (rows[0]["tier"] or "free") for t, rows in zip(tiers, refreshed, strict=True)}
 
     def queue_verify(self, delivery_id: int, provider: str, error: str) -> None:
         """The provider could not be read for this delivery: reconciliation reads it again."""
@@ -380,6 +399,7 @@ class Store:
 
     async def refresh_tier(self, update: TierUpdate) -> tuple[str | None, str]:
         """(tier before, tier now) of the user, after recomputing it from the subscriptions."""
+        await self.execute(*_lock_users([update.user_id]))
         row = await self._row(_REFRESH_TIER, {"user": update.user_id, "payload": _jsonb(update.payload),
                                               "changed": update.changed})
         assert row is not None

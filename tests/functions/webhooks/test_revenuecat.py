@@ -4,6 +4,7 @@ subscriber from the RevenueCat API (against a local server that records what it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -219,3 +220,59 @@ async def test_reread_applies_what_the_api_says(make_hooks: Any, rc_api: Revenue
     [sub] = await hooks.subscriptions(user)
     assert sub["current_period_end"] == truth and sub["status"] == "cancelled"  # the API's view won
     assert await hooks.tier(user) == "paid"
+
+
+async def test_an_expiry_racing_a_new_purchase_of_the_same_user_leaves_the_user_paid(
+    hooks: Hooks, database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store upgrade: the old purchase's EXPIRATION and the new purchase's INITIAL_PURCHASE
+    (two streams, one user, no RevenueCat id in common) at the same time. The purchase's transaction is held open with
+    the user's tier written; the expiry's transaction runs up to its tier recompute and
+    waits for it. Released, the recompute must see the new purchase: paid, in Postgres and
+    in Redis (a recompute that read the subscriptions before waiting wrote free)."""
+    from functions.webhooks import logic
+
+    user = await create_user(database_url)
+    old, new = f"otx-old-{uuid.uuid4().hex[:8]}", f"otx-new-{uuid.uuid4().hex[:8]}"
+    await hooks.revenuecat(rc("INITIAL_PURCHASE", user, original_transaction_id=old, at=NOW - timedelta(days=20),
+                              aliases=[]))
+    assert await hooks.tier(user) == "paid"
+
+    real = logic.push_tiers
+    holding, release = asyncio.Event(), asyncio.Event()
+    held: list[int] = []
+
+    async def hold_first(services: Any, store: Any, tiers: dict[str, str]) -> None:
+        await real(services, store, tiers)
+        if not held:  # the purchase: its rows and the user's tier written, not committed
+            held.append((await (await store.conn.execute("select pg_backend_pid()")).fetchone())[0])
+            holding.set()
+            await release.wait()
+
+    monkeypatch.setattr(logic, "push_tiers", hold_first)
+    # the new purchase names the user only by an app user id learnt before: no key lock in
+    # common with the old purchase's events, which name the account
+    other_id = f"$RCAnonymousID:{uuid.uuid4().hex}"
+    await hooks.rows("insert into public.billing_customers (provider, external_id, user_id) "
+                     "values ('revenuecat', %s, %s)", (other_id, user))
+    purchase = asyncio.create_task(hooks.revenuecat(
+        rc("INITIAL_PURCHASE", other_id, original_transaction_id=new, at=NOW - timedelta(minutes=1), aliases=[])))
+    await asyncio.wait_for(holding.wait(), 10)
+    expiry = asyncio.create_task(hooks.revenuecat(
+        rc("EXPIRATION", user, original_transaction_id=old, at=NOW - timedelta(minutes=1), expires=NOW,
+           aliases=[])))
+    for _ in range(500):  # until the expiry's transaction waits for the purchase's
+        r = await hooks.row("select count(*) as n from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                            (held[0],))
+        if r and r["n"]:
+            break
+        assert not expiry.done(), (await expiry).text
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the expiry never waited for the purchase")
+    release.set()
+    assert (await purchase).json()["data"]["outcome"] == "applied"
+    assert (await expiry).json()["data"]["outcome"] == "applied"
+    statuses = {s["provider_ref"]: s["status"] for s in await hooks.subscriptions(user)}
+    assert statuses == {old: "expired", new: "active"}
+    assert (await hooks.tier(user), await hooks.redis_tier(user)) == ("paid", "paid")
