@@ -5,7 +5,8 @@ one stream fold one after the other, each seeing the other's fact):
 
 1. find the stream(s): the delivery's own; a refund's is its charge's (until the charge is
    recorded the refund waits, `pending`); a TRANSFER's are every purchase naming a user it
-   moves from (none yet: it waits);
+   moves from, or from whom an earlier TRANSFER moved purchases to one of those users
+   (none yet: it waits);
 2. load every fact of the stream (one round trip; refunds waiting for one of its charges
    and TRANSFERs naming one of its users join it here), and, in one more, the users, plans
    and subscription rows the facts name;
@@ -58,7 +59,8 @@ def _plain(value: Any) -> Any:
 async def apply(store: Store, p: Parsed, delivery_id: int, settings: WebhooksSettings) -> Applied:
     assert p.fact is not None
     if p.fact["kind"] == "transfer":
-        streams = await store.streams_with(p.provider, p.keys or [])
+        keys = await _chain(store, p.provider, p.keys or [])
+        streams = await store.streams_with(p.provider, keys)
         if not streams:
             return Applied("pending", f"waits for a purchase by {', '.join(p.fact['from'])}")
         await store.lock(p.provider, [f"s/{s}" for s in streams])
@@ -83,6 +85,34 @@ async def apply(store: Store, p: Parsed, delivery_id: int, settings: WebhooksSet
     best = next((a for a in mine if a.outcome == "applied"), mine[0])
     best.tiers = [tiers[u] for u in sorted(tiers)]
     return best
+
+
+async def prelocks(store: Store, p: Parsed) -> list[str]:
+    """Key locks a TRANSFER will take along its chain (`_chain`), as read before any lock:
+    taken with its own, in the one sorted order, so that two deliveries of one chain (a
+    TRANSFER and a retry of the one before it) do not lock its users in opposite orders."""
+    if p.fact is None or p.fact.get("kind") != "transfer":
+        return []
+    return [f"k/{k}" for k in await _chain(store, p.provider, p.keys or [], lock=False)]
+
+
+async def _chain(store: Store, provider: str, keys: list[str], *, lock: bool = True) -> list[str]:
+    """A TRANSFER's users and, transitively, the users earlier TRANSFERs moved purchases
+    from to them (A->B recorded, then B->C arrives: B's purchases are A's). TRANSFERs have
+    no stream of their own, so B->C finds the purchase only through A. Each key found is
+    locked (after the delivery's own key locks, so in a fixed order per delivery) before it
+    is looked up from; a rare cycle with another delivery is a deadlock, answered 503 and
+    retried. A TRANSFER locks its receiving users too (`Parsed.locks`), so one moving to a
+    user this delivery looks up from is either committed and seen here, or waits for it."""
+    found = list(keys)
+    new = list(keys)
+    while new:
+        back = await store.transfers_to(provider, [k.removeprefix("rc:") for k in new])
+        new = sorted({f"rc:{u}" for u in back} - set(found))
+        if new and lock:  # (taken again when `prelocks` has: the same session, no wait)
+            await store.lock(provider, [f"k/{k}" for k in new])
+            found += new
+    return sorted(found)
 
 
 async def _facts(store: Store, provider: str, stream: str) -> list[dict[str, Any]]:

@@ -39,8 +39,13 @@ class Parsed:
         """Advisory lock names that serialize every delivery that could fold with this one.
         Every transaction takes key locks (`k/`) before stream locks (`s/`), each kind in
         sorted order (a refund or a TRANSFER finds its streams only after its keys are
-        locked), so no two can wait for each other in a cycle."""
+        locked), so no two can wait for each other in a cycle (except through the keys a
+        TRANSFER finds later, along a chain of TRANSFERs: apply._chain)."""
         names = {f"k/{k}" for k in (*(self.keys or ()), *([self.waits] if self.waits else []))}
+        if self.provider == "revenuecat" and self.fact and self.fact.get("kind") == "transfer":
+            # its receiving users too: a later TRANSFER onwards from them finds this one
+            # (apply._chain) only if it is committed, else waits for it
+            names.update(f"k/rc:{u}" for u in self.fact.get("to") or ())
         if self.stream:
             names.add(f"s/{self.stream}")
         return sorted(names)

@@ -212,7 +212,7 @@ async def _attempt(
     services: Services, settings: WebhooksSettings, p: Parsed, incoming: Incoming | None,
     delivery_id: int | None, retry_only: bool, remote: Any, remote_error: str | None,
 ) -> Result:
-    from functions.webhooks.apply import Applied, apply
+    from functions.webhooks.apply import Applied, apply, prelocks
 
     folds = p.fact is not None and not p.invalid
     if folds and remote is not None:
@@ -220,7 +220,7 @@ async def _attempt(
     async with services.db.transaction(service=True) as conn:
         store = Store(conn)
         if folds:
-            await store.lock(p.provider, p.locks())
+            await store.lock(p.provider, [*p.locks(), *await prelocks(store, p)])
         did, previous, received_at, proceed = await _open(store, p, incoming, delivery_id, retry_only, folds)
         if not proceed:
             return Result(did, previous, duplicate=True)

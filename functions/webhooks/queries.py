@@ -287,6 +287,18 @@ class Store:
         )
         return [r["stream"] for r in rows]
 
+    async def transfers_to(self, provider: str, users: Sequence[str]) -> list[str]:
+        """The users stream-less TRANSFERs moved purchases from, to one of `users`."""
+        if provider != "revenuecat" or not users:
+            return []
+        rows = await self._rows(
+            "select distinct f.u from public.webhook_deliveries w, jsonb_array_elements_text(w.fact -> 'from') f(u) "
+            "where w.provider = 'revenuecat' and w.stream is null and w.fact is not null "
+            "and (w.fact -> 'to') ?| %s::text[] and w.fact ->> 'kind' = 'transfer' order by 1",
+            (list(users),),
+        )
+        return [r["u"] for r in rows]
+
     async def load_stream(self, provider: str, stream: str) -> list[dict[str, Any]]:
         """Every folded delivery of the stream, plus the stream-less ones that join it now:
         refunds waiting for one of its charges (adopted: their stream is set), TRANSFERs

@@ -124,6 +124,25 @@ async def test_transfer_moves_the_subscription(hooks: Hooks, database_url: str) 
     assert (await hooks.redis_tier(old), await hooks.redis_tier(new)) == ("free", "paid")
 
 
+async def test_a_chain_of_transfers_delivered_in_order_ends_with_the_last_receiver(
+    hooks: Hooks, database_url: str,
+) -> None:
+    """P (by A), then A->B, then B->C, in that order: B->C finds the purchase through the
+    recorded A->B (TRANSFERs have no stream of their own), as it would out of order."""
+    a, b, c = [await create_user(database_url) for _ in range(3)]
+    otx = f"otx-chain-{uuid.uuid4().hex[:8]}"
+    await hooks.revenuecat(rc("INITIAL_PURCHASE", a, original_transaction_id=otx, at=NOW - timedelta(hours=3)))
+    first = rc("TRANSFER", None, transferred_from=[a], transferred_to=[b], at=NOW - timedelta(hours=2))
+    assert (await hooks.revenuecat(first)).json()["data"]["outcome"] == "applied"
+    second = rc("TRANSFER", None, transferred_from=[b], transferred_to=[c], at=NOW - timedelta(hours=1))
+    assert (await hooks.revenuecat(second)).json()["data"]["outcome"] == "applied"
+    assert await hooks.subscriptions(a) == [] and await hooks.subscriptions(b) == []
+    [sub] = await hooks.subscriptions(c)
+    assert (sub["provider_ref"], sub["metadata"]["transferred_from"]) == (otx, b)
+    assert [await hooks.tier(u) for u in (a, b, c)] == ["free", "free", "paid"]
+    assert [await hooks.redis_tier(u) for u in (a, b, c)] == ["free", "free", "paid"]
+
+
 async def test_test_events_unknown_types_and_fields_are_tolerated(hooks: Hooks, database_url: str) -> None:
     user = await create_user(database_url)
     r = await hooks.revenuecat(rc("TEST", user))
