@@ -362,19 +362,28 @@ class _Fold:
             return None, Result("pending", f"waits for the subscription.create of {sub} (its plan)")
         return self._row(f.data.get("customer"), plan), None
 
-    def _priced(self, f: Fact) -> tuple[Row, Plan, str] | Result:
-        """The row, plan and user of an event that names a subscription and an amount (its
-        creation, a paid invoice), or what stops it: waiting for its plan, an owner
-        conflict, a price that is not the plan's."""
+    def _owned(self, f: Fact) -> tuple[Row, str] | Result:
+        """The row and owner of an event that names a subscription, or what stops it: waiting
+        for its plan, not ours, an owner conflict."""
         row, stop = self._sub_row(f)
         if row is None:
             return stop or Result("ignored")
-        plan = self.sub_plan[f.data["sub"]]
-        assert plan is not None
         user, stop = self._who(f, row)
         if stop is not None:
             return stop
         assert user is not None
+        return row, user
+
+    def _priced(self, f: Fact) -> tuple[Row, Plan, str] | Result:
+        """The row, plan and user of an event that names a subscription and an amount (its
+        creation, a paid invoice), or what stops it: waiting for its plan, an owner
+        conflict, a price that is not the plan's."""
+        owned = self._owned(f)
+        if isinstance(owned, Result):
+            return owned
+        row, user = owned
+        plan = self.sub_plan[f.data["sub"]]
+        assert plan is not None
         problem = _price_problem(plan, f.data.get("amount"), f.data.get("currency"))
         if problem:
             return Result("flagged", problem, user, row.ref)
@@ -390,13 +399,10 @@ class _Fold:
         return self._take(f, row, user, status, metadata={"subscription_code": f.data["sub"], **meta})
 
     def _notice(self, f: Fact, target: str, allowed: frozenset[str]) -> Result:
-        row, stop = self._sub_row(f)
-        if row is None:
-            return stop or Result("ignored")
-        user, stop = self._who(f, row)
-        if stop is not None:
-            return stop
-        assert user is not None
+        owned = self._owned(f)
+        if isinstance(owned, Result):
+            return owned
+        row, user = owned
         current = row.state.metadata.get("subscription_code")
         if current and current != f.data["sub"]:
             return Result("stale", f"about {f.data['sub']}, an earlier subscription than {current}", user, row.ref)
@@ -422,13 +428,10 @@ class _Fold:
         return stop or self._take(f, row, user or "")
 
     def _invoice_failed(self, f: Fact) -> Result:
-        row, stop = self._sub_row(f)
-        if row is None:
-            return stop or Result("ignored")
-        user, stop = self._who(f, row)
-        if stop is not None:
-            return stop
-        assert user is not None
+        owned = self._owned(f)
+        if isinstance(owned, Result):
+            return owned
+        row, user = owned
         status = "past_due" if row.state.status in ("active", "pending") else None
         return self._take(f, row, user, status)
 
