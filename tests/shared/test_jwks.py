@@ -68,9 +68,10 @@ def verifier(url: str, **over: Any) -> TokenVerifier:
     return TokenVerifier(CoreSettings.load(env={}, jwt_issuer=ISSUER, supabase_jwks_url=url, **over))
 
 
-def tokens(key: dict[str, Any], n: int) -> list[str]:
-    """`n` tokens nobody has verified yet (each its own user), signed with `key`."""
-    return [mint(key, user_id=str(uuid.uuid4()), issuer=ISSUER) for _ in range(n)]
+async def tokens(key: dict[str, Any], n: int) -> list[str]:
+    """`n` tokens nobody has verified yet (each its own user), signed with `key`: signed in a
+    thread, since a hundred signatures are the test's own work, not the loop's."""
+    return await asyncio.to_thread(lambda: [mint(key, user_id=str(uuid.uuid4()), issuer=ISSUER) for _ in range(n)])
 
 
 async def test_hanging_endpoint_stale_keys_100_new_tokens_answered_at_once(endpoint: Any) -> None:
@@ -78,10 +79,10 @@ async def test_hanging_endpoint_stale_keys_100_new_tokens_answered_at_once(endpo
     # fresh for 1 s; the fetch deadline (2 s) is longer than the bound asserted below, so a
     # request that waited for the hanging fetch could not pass
     v = verifier(url, jwks_cache_seconds=1)
-    assert isinstance(await v.verify(tokens(key, 1)[0]), Principal)
+    assert isinstance(await v.verify((await tokens(key, 1))[0]), Principal)
     await asyncio.sleep(1.1)  # the keys are now stale
     ep.mode = "hang"
-    batch = tokens(key, 100)
+    batch = await tokens(key, 100)
     started = time.perf_counter()
     results = await asyncio.gather(*(v.verify(t) for t in batch))
     elapsed = time.perf_counter() - started
@@ -95,12 +96,13 @@ async def test_hanging_endpoint_stale_keys_100_new_tokens_answered_at_once(endpo
 async def test_unknown_kids_share_the_one_fetch_in_flight(endpoint: Any) -> None:
     ep, url, key = endpoint
     v = verifier(url, jwks_cache_seconds=1)
-    await v.verify(tokens(key, 1)[0])
+    await v.verify((await tokens(key, 1))[0])
     await asyncio.sleep(1.1)
     ep.mode = "hang"
     rogue = _new_private_jwk()
+    batch = await tokens(rogue, 50) + await tokens(key, 50)
     started = time.perf_counter()
-    results = await asyncio.gather(*(v.verify(t) for t in tokens(rogue, 50) + tokens(key, 50)), return_exceptions=True)
+    results = await asyncio.gather(*(v.verify(t) for t in batch), return_exceptions=True)
     elapsed = time.perf_counter() - started
     unknown, known = results[:50], results[50:]
     assert all(isinstance(r, errors.Unauthenticated) and r.code == "TOKEN_KEY_UNKNOWN" for r in unknown)
@@ -112,43 +114,43 @@ async def test_unknown_kids_share_the_one_fetch_in_flight(endpoint: Any) -> None
 async def test_background_refresh_picks_up_a_rotated_key(endpoint: Any) -> None:
     ep, url, key = endpoint
     v = verifier(url, jwks_cache_seconds=1, jwks_refresh_cooldown_seconds=3600)
-    await v.verify(tokens(key, 1)[0])
+    await v.verify((await tokens(key, 1))[0])
     new_key = _new_private_jwk()
     ep.jwks = {"keys": public_jwks(key)["keys"] + public_jwks(new_key)["keys"]}
     await asyncio.sleep(1.1)
-    assert isinstance(await v.verify(tokens(key, 1)[0]), Principal)  # stale: served, refresh started
+    assert isinstance(await v.verify((await tokens(key, 1))[0]), Principal)  # stale: served, refresh started
     for _ in range(100):
         if v.jwks.fetch_count == 2 and new_key["kid"] in v.jwks.keys:
             break
         await asyncio.sleep(0.01)
-    assert isinstance(await v.verify(tokens(new_key, 1)[0]), Principal)
+    assert isinstance(await v.verify((await tokens(new_key, 1))[0]), Principal)
     assert ep.requests == 2
 
 
 async def test_past_the_ceiling_tokens_get_503_until_a_fetch_succeeds(endpoint: Any) -> None:
     ep, url, key = endpoint
     v = verifier(url, jwks_cache_seconds=1, jwks_max_stale_seconds=1)
-    await v.verify(tokens(key, 1)[0])
+    await v.verify((await tokens(key, 1))[0])
     ep.mode = "fail"
     await asyncio.sleep(2.1)  # past fresh (1 s) + stale (1 s)
-    results = await asyncio.gather(*(v.verify(t) for t in tokens(key, 20)), return_exceptions=True)
+    results = await asyncio.gather(*(v.verify(t) for t in await tokens(key, 20)), return_exceptions=True)
     assert all(isinstance(r, errors.ServiceUnavailable) and r.code == "AUTH_KEYS_UNAVAILABLE" for r in results)
     assert ep.requests == 2  # one fetch for all twenty
     ep.mode = "ok"
     await asyncio.sleep(1.05)  # failed fetches are retried at most once a second
-    assert isinstance(await v.verify(tokens(key, 1)[0]), Principal)
+    assert isinstance(await v.verify((await tokens(key, 1))[0]), Principal)
     assert ep.requests == 3
 
 
 async def test_within_the_ceiling_a_failing_endpoint_is_retried_at_most_once_a_second(endpoint: Any) -> None:
     ep, url, key = endpoint
     v = verifier(url, jwks_cache_seconds=1)
-    await v.verify(tokens(key, 1)[0])
+    await v.verify((await tokens(key, 1))[0])
     ep.mode = "fail"
     await asyncio.sleep(1.1)
     started = time.perf_counter()
     while time.perf_counter() - started < 1.5:
-        for t in tokens(key, 5):
+        for t in await tokens(key, 5):
             assert isinstance(await v.verify(t), Principal)
         await asyncio.sleep(0.02)
     assert 2 <= ep.requests <= 4  # the first fetch, then one background refresh a second
