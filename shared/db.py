@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from shared import errors
 from shared.context import Principal
@@ -44,6 +47,32 @@ def claims_json(principal: Principal) -> str:
     claims.setdefault("sub", principal.user_id)
     claims.setdefault("role", principal.role)
     return json.dumps(claims, separators=(",", ":"), default=str)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (UUID, Decimal)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def records(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A batch of rows as ONE jsonb parameter, for `jsonb_to_recordset(%s::jsonb) as x(...)`.
+
+    psycopg dumps a list parameter element by element in Python (text arrays escaped by a
+    regular expression per element): a 500-row batch sent as twelve arrays (the
+    orchestrator's FINISH shape plus a jsonb payload) holds the event loop for about 16 ms of
+    CPU; as one JSON document, encoded by the json module's C encoder, about 4 ms
+    (`python -m bench.bulk_params`). Datetimes go as ISO 8601 with their offset, UUIDs and decimals as text;
+    the column list in the SQL gives each field its type."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(list(rows), dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=_json_default)
 
 
 def _unavailable(exc: BaseException) -> errors.AppError:

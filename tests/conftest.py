@@ -344,6 +344,9 @@ def _nothing_blocks_the_loop(request: pytest.FixtureRequest, _loop_watch: Any) -
     """Fails a test during which any callback held the loop for SLOW_S or more (time spent
     waiting for a CPU not counted). `@pytest.mark.blocks_loop(reason)` exempts a test that
     blocks on purpose."""
+    # modules imported since Hypothesis last looked (by earlier tests) are scanned for
+    # constants on the next draw, which may be inside a loop callback: scan them here
+    _hypothesis_constants()
     before = len(_loop_watch.hits)
     yield
     hits = _loop_watch.hits[before:]

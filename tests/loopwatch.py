@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-SLOW_S = 0.020
+SLOW_S = float(os.environ.get("LOOPWATCH_SCAN_MS", "20")) / 1000
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: audit events that mean the calling thread blocks (a socket's connect only when the
 #: socket is a blocking one: the event loop connects non-blocking sockets itself)

@@ -50,6 +50,7 @@ from functions.realtime_orchestrator.routing import (
     Lookups, OutboxEvent, Recipient, Rejected, Windows, local_day, lookup_keys, plan, resolve,
 )
 from functions.realtime_orchestrator.rules import RULES
+from shared.db import records
 from shared.observability import json_log
 from shared.resilience import Backoff
 
@@ -280,7 +281,6 @@ class Orchestrator:
         now (known before routing, plus what routing just made due), so a round claims
         only where there is something to claim."""
         from psycopg.rows import dict_row
-        from psycopg.types.json import Jsonb
 
         now = self.now()
         async with self.services.db.transaction(service=True) as conn:
@@ -324,15 +324,14 @@ class Orchestrator:
                 if ins or ds:
                     await cur.execute(q.INSERT_ROUTED, {
                         "now": now,
-                        "i_user": [i.user_id for i in ins], "i_type": [i.event_type for i in ins],
-                        "i_payload": [Jsonb(i.payload) for i in ins], "i_event": [i.event_id for i in ins],
-                        "d_event": [d.event_id for d in ds], "d_channel": [d.channel for d in ds],
-                        "d_target": [d.target for d in ds], "d_user": [d.user_id for d in ds],
-                        "d_type": [d.event_type for d in ds], "d_priority": [d.priority for d in ds],
-                        "d_at": [d.available_at for d in ds], "d_payload": [Jsonb(d.payload) for d in ds],
-                        "d_created": [created[d.event_id] for d in ds],
+                        "inbox": records([{"u": i.user_id, "ty": i.event_type, "pl": i.payload, "e": i.event_id} for i in ins]),
+                        "deliveries": records([
+                            {"e": d.event_id, "c": d.channel, "t": d.target, "u": d.user_id, "ty": d.event_type,
+                             "pr": d.priority, "av": d.available_at, "pl": d.payload, "ec": created[d.event_id], "n": n}
+                            for n, d in enumerate(ds)
+                        ]),
                     })
-                await cur.execute(q.MARK_ROUTED, (now, [e.id for e in events], [p.rejected.get(e.id) for e in events]))
+                await cur.execute(q.MARK_ROUTED, (now, records([{"id": e.id, "err": p.rejected.get(e.id)} for e in events])))
         due |= {d.channel for d in p.deliveries if d.available_at <= now}
         report.routed += len(events) - len(p.rejected)
         report.rejected += len(p.rejected)
@@ -388,11 +387,12 @@ class Orchestrator:
         if not done:
             return 0
         await self.services.db.fetch(q.FINISH, {
-            "ids": [d.id for d in done], "status": [d.status for d in done],
-            "available_at": [d.available_at for d in done], "uncount": [d.uncount for d in done],
-            "error": [d.error for d in done], "sent_at": [d.sent_at for d in done],
-            "outcome": [d.outcome for d in done], "code": [d.code for d in done], "ms": [d.ms for d in done],
-            "counted": [d.counted for d in done], "throttled": [d.throttled for d in done],
+            "done": records([
+                {"id": d.id, "status": d.status, "available_at": d.available_at, "uncount": d.uncount, "error": d.error,
+                 "sent_at": d.sent_at, "outcome": d.outcome, "code": d.code, "ms": d.ms, "counted": d.counted,
+                 "throttled": d.throttled}
+                for d in done
+            ]),
             "owner": self.owner, "now": self.now(),
         }, service=True)
         progress = 0

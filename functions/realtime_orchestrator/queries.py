@@ -52,8 +52,8 @@ left join public.notification_preferences p on p.user_id = u.id
 INSERT_ROUTED = """
 with inbox as (
     insert into public.user_events (user_id, event_type, payload, event_id, created_at)
-    select u, ty, pl, e, %(now)s
-    from unnest(%(i_user)s::uuid[], %(i_type)s::text[], %(i_payload)s::jsonb[], %(i_event)s::uuid[]) as i(u, ty, pl, e)
+    select i.u, i.ty, i.pl, i.e, %(now)s
+    from jsonb_to_recordset(%(inbox)s::jsonb) as i(u uuid, ty text, pl jsonb, e uuid)
     on conflict (user_id, event_id) do nothing
     returning id, user_id, event_id
 )
@@ -65,9 +65,8 @@ select x.e, x.c, x.t, x.u, x.ty, x.pr, x.av, x.av,
            (select ue.id from public.user_events ue where ue.user_id = x.u and ue.event_id = x.e)))
        else x.pl end,
        x.ec, %(now)s
-from unnest(%(d_event)s::uuid[], %(d_channel)s::text[], %(d_target)s::text[], %(d_user)s::uuid[], %(d_type)s::text[],
-            %(d_priority)s::text[], %(d_at)s::timestamptz[], %(d_payload)s::jsonb[], %(d_created)s::timestamptz[])
-     with ordinality as x(e, c, t, u, ty, pr, av, pl, ec, n)
+from jsonb_to_recordset(%(deliveries)s::jsonb)
+     as x(e uuid, c text, t text, u uuid, ty text, pr text, av timestamptz, pl jsonb, ec timestamptz, n int)
 left join inbox on inbox.user_id = x.u and inbox.event_id = x.e
 order by x.n
 on conflict (event_id, channel, target) do nothing
@@ -76,7 +75,7 @@ on conflict (event_id, channel, target) do nothing
 MARK_ROUTED = """
 update public.outbox o
 set processed_at = %s, attempts = o.attempts + 1, last_error = x.err
-from unnest(%s::bigint[], %s::text[]) as x(id, err)
+from jsonb_to_recordset(%s::jsonb) as x(id bigint, err text)
 where o.id = x.id
 """
 
@@ -132,10 +131,9 @@ from public.reserve_pushes(%s::uuid[], %s::date[], %s::int[], %s::int[])
 # taken over is not overwritten).
 FINISH = """
 with x as (
-    select * from unnest(%(ids)s::bigint[], %(status)s::text[], %(available_at)s::timestamptz[], %(uncount)s::int[],
-                         %(error)s::text[], %(sent_at)s::timestamptz[], %(outcome)s::text[], %(code)s::int[],
-                         %(ms)s::real[], %(counted)s::bool[], %(throttled)s::int[])
-        as x(id, status, available_at, uncount, error, sent_at, outcome, code, ms, counted, throttled)
+    select * from jsonb_to_recordset(%(done)s::jsonb)
+        as x(id bigint, status text, available_at timestamptz, uncount int, error text, sent_at timestamptz,
+             outcome text, code int, ms real, counted bool, throttled int)
 ), done as (
     update public.event_deliveries d
     set status = x.status,

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from upstash_redis.asyncio import Redis
 
 from edgefn.upstash_bridge import BridgeServer, strip_upstash_shebang
 from tests.conftest import KEY_PREFIX
@@ -214,8 +215,6 @@ def test_shebang_scripts_through_eval_evalsha_and_script_load(http: httpx.Client
 
 @pytest.mark.parametrize("encoding", ["base64", None])
 async def test_upstash_redis_client(bridge: BridgeServer, key: Any, encoding: Any) -> None:
-    from upstash_redis.asyncio import Redis
-
     k, h, lst = key(), key(), key()
     # built in a thread: the client makes a TLS context of its own
     client = await asyncio.to_thread(Redis, bridge.base_url, TOKEN, rest_encoding=encoding, rest_retries=0,

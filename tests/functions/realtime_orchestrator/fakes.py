@@ -33,6 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
 Clock = Callable[[], float]
 JSON = "application/json"
 
@@ -709,9 +712,6 @@ def asgi(fake: ProviderFake) -> Any:
 
 
 async def serve_app(app: Any, port: int, stop: asyncio.Event) -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
