@@ -202,6 +202,7 @@ def make_token(signing_key: dict[str, Any]) -> Callable[..., str]:
             return jwt.encode(claims, kw.get("secret", HS_SECRET), algorithm="HS256")
         return mint(signing_key, user_id=user_id, **kw)
 
+    _make()  # the first signature imports cryptography's OpenSSL backend: here, not in a test's loop callback
     return _make
 
 

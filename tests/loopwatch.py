@@ -15,6 +15,8 @@ ways a callback really holds the loop:
   which raises no audit event before Python 3.12: wrapped while watching).
 
 A watchdog thread samples the stack of a callback that runs long, so a hit says where.
+`LOOPWATCH_SCAN_MS=8 pytest` lowers the limit for one run, to find what comes close to it
+(a slower machine would cross it).
 """
 
 from __future__ import annotations
