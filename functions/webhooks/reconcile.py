@@ -11,7 +11,9 @@
   3. tiers whose Redis write failed (`tier_sync_pending`): the user's current tier from
      `user_tiers` (the source of truth) is written again;
   4. paid tiers the webhooks granted whose subscriptions have all lapsed (no EXPIRATION
-     arrived, or it is still being retried): recomputed, written, announced.
+     arrived, or it is still being retried): recomputed, written, announced;
+  and, first, until it is done, a share of the backfill of deliveries stored before 0021
+  (functions/webhooks/backfill.py): their facts, then one re-fold of their streams.
 - `replay(...)`: every stored delivery in a window, in event order, re-applied. Applying
   is idempotent (ordered by event time, periods recorded per charge), so a replay changes
   only what the fixed code now decides differently.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from functions.webhooks import backfill
 from functions.webhooks.logic import PROVIDERS, Result, event_payload, push_tiers, reread, run
 from functions.webhooks.queries import Store, TierUpdate
 from functions.webhooks.settings import WebhooksSettings
@@ -44,6 +47,9 @@ class Report:
     lapsed: int = 0
     verified: int = 0
     verify_failed: int = 0
+    backfill_facts: int = 0
+    backfill_folds: int = 0
+    backfill_done: bool = True
 
     def count(self, result: Result) -> None:
         self.processed += 1
@@ -52,7 +58,8 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"processed": self.processed, "outcomes": dict(sorted(self.outcomes.items())), "errors": self.errors,
                 "tiers_pushed": self.tiers_pushed, "tiers_still_pending": self.tiers_still_pending,
-                "lapsed": self.lapsed, "verified": self.verified, "verify_failed": self.verify_failed}
+                "lapsed": self.lapsed, "verified": self.verified, "verify_failed": self.verify_failed,
+                "backfill": {"facts": self.backfill_facts, "folds": self.backfill_folds, "done": self.backfill_done}}
 
 
 async def reprocess(services: Services, settings: WebhooksSettings, row: dict[str, Any], *, retry_only: bool) -> Result:
@@ -67,6 +74,9 @@ async def reconcile(services: Services, settings: WebhooksSettings | None = None
     settings = settings or services.settings  # type: ignore[assignment]
     assert isinstance(settings, WebhooksSettings)
     report = Report()
+    progress, failed = await backfill.step(services, settings, limit=limit)
+    report.backfill_facts, report.backfill_folds, report.backfill_done = progress.facts, progress.folds, progress.done
+    report.errors += failed
     rows = await services.db.fetch(
         "select id, provider, body from public.webhook_deliveries "
         "where outcome in ('received', 'pending', 'failed') and attempts < %s "
