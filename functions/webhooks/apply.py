@@ -145,7 +145,7 @@ async def fold_stream(store: Store, provider: str, stream: str, delivery_id: int
         if r["provider_plan_code"]:
             by_plan[f"pp:{r['provider_plan_code']}"] = plan
     ctx = FoldContext(users, by_plan, settings.revenuecat_allow_sandbox, settings.revenuecat_entitlement_tier)
-    folded: Folded = mod.fold(facts, ctx, stream) if provider == "revenuecat" else mod.fold(facts, ctx)
+    folded: Folded = mod.fold(facts, ctx, stream)
 
     existing = {s.provider_ref: s for s in map(_sub, sub_rows)}
     missing = [ref for ref in folded.rows if ref not in existing]

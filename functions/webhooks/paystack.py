@@ -237,8 +237,9 @@ def _price_problem(plan: Plan, amount: Any, currency: str | None) -> str | None:
 
 
 class _Fold:
-    def __init__(self, facts: list[Fact], ctx: FoldContext) -> None:
+    def __init__(self, facts: list[Fact], ctx: FoldContext, stream: str = "") -> None:
         self.ctx = ctx
+        self.stream = stream
         self.facts = sorted(expand(facts), key=order_key)
         self.out = Folded()
         self.charges: dict[str, tuple[Row, dict[str, Any]]] = {}
@@ -264,7 +265,9 @@ class _Fold:
 
     def _row(self, customer: str | None, plan: Plan) -> Row:
         customer = customer or self.customer  # a snapshot names no customer: the stream's
-        ref = f"{customer}:{plan.code}"
+        # a charge naming no customer is a stream of its own (`ref:<reference>`): its row
+        # is keyed by that, never by one "no customer" row every such payer would share
+        ref = f"{customer or self.stream}:{plan.code}"
         row = self.out.rows.get(ref)
         if row is None:
             row = self.out.rows[ref] = Row(ref, state=SubState(tier=plan.tier, plan_code=plan.code,
@@ -483,8 +486,8 @@ class _Fold:
         return self._take(f, row, user, status, end=end, metadata={k: v for k, v in meta.items() if v})
 
 
-def fold(facts: list[Fact], ctx: FoldContext) -> Folded:
-    return _Fold(facts, ctx).run()
+def fold(facts: list[Fact], ctx: FoldContext, stream: str = "") -> Folded:
+    return _Fold(facts, ctx, stream).run()
 
 
 def identifiers(facts: list[Fact]) -> tuple[list[str], list[str], list[str], list[str]]:

@@ -76,3 +76,24 @@ async def test_a_transfer_before_the_purchase_waits_and_applies_when_it_arrives(
     [sub] = await hooks.subscriptions(receiver)
     assert sub["current_period_end"] == NOW + timedelta(days=60)  # its period counts, for the receiver
     assert await hooks.subscriptions(buyer) == [] and await hooks.tier(buyer) == "free"
+
+
+async def test_payments_naming_no_customer_each_keep_their_own_subscription(hooks: Hooks, database_url: str) -> None:
+    """A charge without `data.customer` (Paystack sends one with every charge; a body that
+    lacks it must still not mix payers): each payment is its own subscription, keyed by its
+    reference, never one shared row that the second payer would conflict with."""
+    from tests.functions.webhooks.conftest import charge
+
+    plan = await hooks.plan()
+    users = [await create_user(database_url) for _ in range(3)]
+    for u in users:
+        ev = charge(plan, user_id=u)
+        ev["data"].pop("customer")
+        ack = (await hooks.paystack(ev)).json()["data"]
+        assert (await hooks.delivery(ack["delivery_id"]))["outcome"] == "applied", await hooks.delivery(ack["delivery_id"])
+    for u in users:
+        [sub] = await hooks.subscriptions(u)
+        assert sub["status"] == "active" and sub["tier"] == "paid"
+        assert (await hooks.tier(u), await hooks.redis_tier(u)) == ("paid", "paid")
+    refs = [(await hooks.subscriptions(u))[0]["provider_ref"] for u in users]
+    assert len(set(refs)) == 3 and not any(r.startswith("None:") for r in refs), refs
