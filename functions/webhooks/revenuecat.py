@@ -112,13 +112,25 @@ def candidates(e: RevenueCatEvent) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def snapshot(remote: dict[str, Any], product_id: str | None, fetched_at: datetime) -> dict[str, Any] | None:
-    """The subscriber as the RevenueCat API saw it at `fetched_at`, for this product: the
-    provider snapshot the fold applies at that time (None: the answer does not name it)."""
+def snapshot(remote: dict[str, Any], fetched_at: datetime) -> dict[str, Any] | None:
+    """The subscriber as the RevenueCat API saw it at `fetched_at`: each product's status
+    and period end, the provider snapshot the fold applies at that time (None: the answer
+    names no product). Every product, not only the event's: after a PRODUCT_CHANGE the
+    purchase lives on under the new product, and the fold picks the one its events name
+    that runs longest (`_current`)."""
     subs = ((remote or {}).get("subscriber") or {}).get("subscriptions") or {}
-    info = subs.get(product_id or "")
-    if not isinstance(info, dict):
-        return None
+    products = {}
+    for product_id, info in list(subs.items())[:MAX_SNAPSHOT_PRODUCTS]:
+        if isinstance(info, dict) and isinstance(product_id, str):
+            products[product_id] = _product_state(info, fetched_at)
+    return {"at": iso(fetched_at), "products": products} if products else None
+
+
+#: a subscriber's products kept from one answer (an app sells a handful)
+MAX_SNAPSHOT_PRODUCTS = 50
+
+
+def _product_state(info: dict[str, Any], fetched_at: datetime) -> dict[str, Any]:
     end = parse_time(info.get("expires_date"))
     grace = parse_time(info.get("grace_period_expires_date"))
     if grace is not None and (end is None or grace > end):
@@ -131,14 +143,25 @@ def snapshot(remote: dict[str, Any], product_id: str | None, fetched_at: datetim
         status = "cancelled"
     else:
         status = "active"
-    return {"at": iso(fetched_at), "status": status, "period_end": iso(end)}
+    return {"status": status, "period_end": iso(end)}
+
+
+def _current(snap: dict[str, Any], products: set[str]) -> dict[str, Any] | None:
+    """What a snapshot says about this purchase: of the products its events name, the one
+    whose period runs longest (no end: never expires). A snapshot stored before answers
+    were kept per product says it directly."""
+    if "products" not in snap:
+        return snap
+    named = [v for k, v in snap["products"].items() if k in products]
+    if not named:
+        return None
+    return max(named, key=lambda v: (v.get("period_end") is None, parse_dt(v.get("period_end")) or datetime.min.replace(tzinfo=UTC)))
 
 
 def with_truth(fact: dict[str, Any], remote: Any) -> None:
     """REVENUECAT_VERIFY: the subscriber as read (truth.Snapshot) rides on the fact, folded
     as a provider snapshot at its fetch time."""
-    snap = snapshot(getattr(remote, "data", remote), fact.get("product"), getattr(remote, "fetched_at", None)
-                    or datetime.now(UTC))
+    snap = snapshot(getattr(remote, "data", remote), getattr(remote, "fetched_at", None) or datetime.now(UTC))
     if snap is not None:
         fact["snapshot"] = snap
 
@@ -159,11 +182,13 @@ def _users(ctx: FoldContext, ids: list[str]) -> list[str]:
 def fold(facts: list[Fact], ctx: FoldContext, stream: str = "") -> Folded:
     out = Folded()
     row = Row(stream.removeprefix("otx:"))
+    products = {p for f in facts for p in (f.data.get("product"), f.data.get("new_product_id")) if p}
     for f in sorted(expand(facts), key=order_key):
         if f.kind == "provider_snapshot":
-            if row.owner is not None:
+            said = _current(f.data, products)
+            if row.owner is not None and said is not None:
                 s = row.state
-                row.state = SubState(f.data["status"], s.tier, s.plan_code, parse_dt(f.data.get("period_end")),
+                row.state = SubState(said["status"], s.tier, s.plan_code, parse_dt(said.get("period_end")),
                                      s.last_event_at, {**s.metadata, "verified_at": f.data["at"]})
                 row.touch(f)
             continue

@@ -196,3 +196,52 @@ async def test_a_slow_provider_is_cut_at_its_deadline_and_the_body_applies(
     report = await reconcile(hooks.services)
     assert report["verified"] >= 1
     assert (await sub_row(hooks, user))["status"] == "expired" and await hooks.tier(user) == "free"
+
+
+async def test_revenuecat_after_a_product_change_the_answer_for_the_current_product_counts(
+        make_hooks: Any, api: ProviderAPI, database_url: str) -> None:
+    """RevenueCat's subscriber lists each product of a purchase on its own: after a
+    PRODUCT_CHANGE the old product expires when the new one starts. An older event of the
+    purchase (the old product's id) read back late must not end the subscription: the
+    answer is read for every product the purchase's events name, the current one counts."""
+    hooks = verifying(make_hooks, api)
+    old, new = "com.example.basic.monthly", "com.example.pro.monthly"
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    for late in ("INITIAL_PURCHASE", "PRODUCT_CHANGE"):
+        user = await create_user(database_url)
+        otx = f"{uuid.uuid4().int % 10**15:015d}"
+        truth = NOW + timedelta(days=20)
+        api.subscribers[user] = {"original_app_user_id": user, "subscriptions": {
+            old: {"expires_date": (NOW - timedelta(days=10)).strftime(fmt), "unsubscribe_detected_at": None,
+                  "billing_issues_detected_at": None},
+            new: {"expires_date": truth.strftime(fmt), "unsubscribe_detected_at": None,
+                  "billing_issues_detected_at": None}}}
+        events = {
+            "INITIAL_PURCHASE": revenuecat_event("INITIAL_PURCHASE", app_user_id=user, at=NOW - timedelta(days=40),
+                                                 product_id=old, original_transaction_id=otx),
+            "PRODUCT_CHANGE": revenuecat_event("PRODUCT_CHANGE", app_user_id=user, at=NOW - timedelta(days=35),
+                                               product_id=old, new_product_id=new, original_transaction_id=otx),
+            "RENEWAL": revenuecat_event("RENEWAL", app_user_id=user, at=NOW - timedelta(days=10), product_id=new,
+                                        original_transaction_id=otx, expires=truth),
+        }
+        for kind in [k for k in events if k != late] + [late]:  # one old-product event read back last
+            assert (await hooks.revenuecat(events[kind])).json()["data"]["outcome"] == "applied", kind
+        row = await sub_row(hooks, user)
+        assert (row["status"], row["current_period_end"]) == ("active", truth), (late, row)
+        assert await hooks.tier(user) == "paid"
+
+
+def test_revenuecat_snapshots_stored_before_products_were_kept_still_fold() -> None:
+    from functions.webhooks.revenuecat import _current
+
+    old_format = {"at": "2026-12-01T00:00:00+00:00", "status": "cancelled", "period_end": "2026-12-20T00:00:00+00:00"}
+    assert _current(old_format, {"com.example.pro.monthly"}) is old_format
+    per_product = {"at": "2026-12-01T00:00:00+00:00", "products": {
+        "a": {"status": "expired", "period_end": "2026-11-01T00:00:00+00:00"},
+        "b": {"status": "active", "period_end": "2026-12-30T00:00:00+00:00"},
+        "lifetime": {"status": "active", "period_end": None},
+        "other": {"status": "active", "period_end": "2027-06-01T00:00:00+00:00"}}}
+    assert _current(per_product, {"a", "b"}) == per_product["products"]["b"]  # the longest of its own
+    assert _current(per_product, {"a"}) == per_product["products"]["a"]
+    assert _current(per_product, {"a", "lifetime"}) == per_product["products"]["lifetime"]
+    assert _current(per_product, {"unknown"}) is None  # says nothing about this purchase
