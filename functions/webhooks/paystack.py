@@ -265,9 +265,10 @@ class _Fold:
 
     def _row(self, customer: str | None, plan: Plan) -> Row:
         customer = customer or self.customer  # a snapshot names no customer: the stream's
-        # a charge naming no customer is a stream of its own (`ref:<reference>`): its row
-        # is keyed by that, never by one "no customer" row every such payer would share
-        ref = f"{customer or self.stream}:{plan.code}"
+        # a charge naming no customer is a stream of its own (`ref:<reference>`): its row is
+        # keyed by its reference (`charge:<reference>`, as before streams existed), never
+        # by one "no customer" row every such payer would share
+        ref = f"{customer}:{plan.code}" if customer else f"charge:{self.stream.removeprefix('ref:')}"
         row = self.out.rows.get(ref)
         if row is None:
             row = self.out.rows[ref] = Row(ref, state=SubState(tier=plan.tier, plan_code=plan.code,

@@ -74,9 +74,15 @@ async def reconcile(services: Services, settings: WebhooksSettings | None = None
     settings = settings or services.settings  # type: ignore[assignment]
     assert isinstance(settings, WebhooksSettings)
     report = Report()
-    progress, failed = await backfill.step(services, settings, limit=limit)
-    report.backfill_facts, report.backfill_folds, report.backfill_done = progress.facts, progress.folds, progress.done
-    report.errors += failed
+    try:
+        progress = await backfill.step(services, settings, limit=limit)
+        report.backfill_facts, report.backfill_folds = progress.facts, progress.folds
+        report.backfill_done = progress.done
+        report.errors += progress.failed
+    except Exception as exc:  # the backfill must not stop the run's other work
+        report.errors += 1
+        report.backfill_done = False
+        json_log.log("error", "webhook backfill failed", error=repr(exc))
     rows = await services.db.fetch(
         "select id, provider, body from public.webhook_deliveries "
         "where outcome in ('received', 'pending', 'failed') and attempts < %s "
