@@ -112,15 +112,20 @@ def candidates(e: RevenueCatEvent) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def snapshot(remote: dict[str, Any], fetched_at: datetime) -> dict[str, Any] | None:
+def snapshot(remote: dict[str, Any], fetched_at: datetime, named: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The subscriber as the RevenueCat API saw it at `fetched_at`: each product's status
     and period end, the provider snapshot the fold applies at that time (None: the answer
     names no product). Every product, not only the event's: after a PRODUCT_CHANGE the
     purchase lives on under the new product, and the fold picks the one its events name
-    that runs longest (`_current`)."""
+    that runs longest (`_current`). The products the event names (`named`) first, so a
+    subscriber with more than `MAX_SNAPSHOT_PRODUCTS` never loses them."""
     subs = ((remote or {}).get("subscriber") or {}).get("subscriptions") or {}
+    if not isinstance(subs, dict):
+        return None
+    order = [*(p for p in named if p in subs), *(p for p in subs if p not in named)][:MAX_SNAPSHOT_PRODUCTS]
     products = {}
-    for product_id, info in list(subs.items())[:MAX_SNAPSHOT_PRODUCTS]:
+    for product_id in order:
+        info = subs[product_id]
         if isinstance(info, dict) and isinstance(product_id, str):
             products[product_id] = _product_state(info, fetched_at)
     return {"at": iso(fetched_at), "products": products} if products else None
@@ -161,7 +166,8 @@ def _current(snap: dict[str, Any], products: set[str]) -> dict[str, Any] | None:
 def with_truth(fact: dict[str, Any], remote: Any) -> None:
     """REVENUECAT_VERIFY: the subscriber as read (truth.Snapshot) rides on the fact, folded
     as a provider snapshot at its fetch time."""
-    snap = snapshot(getattr(remote, "data", remote), getattr(remote, "fetched_at", None) or datetime.now(UTC))
+    named = tuple(p for p in (fact.get("product"), fact.get("new_product_id")) if isinstance(p, str))
+    snap = snapshot(getattr(remote, "data", remote), getattr(remote, "fetched_at", None) or datetime.now(UTC), named)
     if snap is not None:
         fact["snapshot"] = snap
 

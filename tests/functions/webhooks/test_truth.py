@@ -245,3 +245,15 @@ def test_revenuecat_snapshots_stored_before_products_were_kept_still_fold() -> N
     assert _current(per_product, {"a"}) == per_product["products"]["a"]
     assert _current(per_product, {"a", "lifetime"}) == per_product["products"]["lifetime"]
     assert _current(per_product, {"unknown"}) is None  # says nothing about this purchase
+
+
+def test_revenuecat_snapshot_keeps_the_events_products_first() -> None:
+    from datetime import UTC, datetime
+
+    from functions.webhooks.revenuecat import MAX_SNAPSHOT_PRODUCTS, snapshot
+
+    subs = {f"p{i:03d}": {"expires_date": "2027-01-01T00:00:00Z"} for i in range(MAX_SNAPSHOT_PRODUCTS + 10)}
+    snap = snapshot({"subscriber": {"subscriptions": subs}}, datetime(2026, 12, 6, tzinfo=UTC),
+                    (f"p{MAX_SNAPSHOT_PRODUCTS + 5:03d}",))
+    assert snap is not None and len(snap["products"]) == MAX_SNAPSHOT_PRODUCTS
+    assert f"p{MAX_SNAPSHOT_PRODUCTS + 5:03d}" in snap["products"]
