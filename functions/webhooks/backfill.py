@@ -5,7 +5,8 @@ A deployment that stored deliveries before 0021 has them without a `fact`, so th
 cannot see them: a refund of such a charge would wait forever, and the first new event of
 an older subscription would re-fold it from the new events alone. So, in two phases:
 
-1. facts: the stored bodies, oldest first, up to `FACT_BATCH` per run, are parsed as a live
+1. facts: the stored bodies, oldest first, up to `FACT_BATCH` per run (`FACT_PAGE` per
+   transaction, for at most `FOLD_SECONDS`), are parsed as a live
    delivery is, and each one's fact, stream, keys and waits recorded (nothing is applied;
    an event that folds into nothing, or no longer parses, is passed over; a fact a retry
    recorded meanwhile is kept). Until this phase ends, a live delivery folds with the
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 #: phase 1: bodies parsed per run (parsing only, one update statement): five per unit of the
 #: run's limit, at most this many
 FACT_BATCH = 500
-#: phase 2: time one run spends re-folding (the scheduled invocation has 10 s in all)
+#: phase 1: bodies read and parsed per transaction
+FACT_PAGE = 50
+#: time one run spends in either phase (the scheduled invocation has 10 s in all)
 FOLD_SECONDS = 3.0
 #: phase 2: attempts per stream before it is left to its next event or a replay
 MAX_TRIES = 5
@@ -60,7 +63,15 @@ async def step(services: Services, settings: WebhooksSettings, *, limit: int = 2
         progress.done = True
         return progress
     if state[0]["fact_cursor"] < state[0]["until_id"]:
-        progress.facts = await _facts(services, min(FACT_BATCH, 5 * max(1, limit)))
+        # a page per transaction, so no callback of the event loop parses more than a page
+        budget, deadline = min(FACT_BATCH, 5 * max(1, limit)), time.monotonic() + FOLD_SECONDS
+        while budget > 0 and time.monotonic() < deadline:
+            page = min(FACT_PAGE, budget)
+            recorded, read = await _facts(services, page)
+            progress.facts += recorded
+            budget -= page
+            if read < page:  # the end, or another run holds the batch
+                break
         return progress
     if state[0]["streams_at"] is None:
         await _list_streams(services)
@@ -68,7 +79,8 @@ async def step(services: Services, settings: WebhooksSettings, *, limit: int = 2
     return progress
 
 
-async def _facts(services: Services, limit: int) -> int:
+async def _facts(services: Services, limit: int) -> tuple[int, int]:
+    """One page of phase 1: (facts recorded, deliveries read)."""
     from functions.webhooks.logic import PROVIDERS
     from shared.db import records
 
@@ -78,7 +90,7 @@ async def _facts(services: Services, limit: int) -> int:
                           "where done_at is null for update skip locked")
         row = await cur.fetchone()
         if row is None:  # another run holds this batch
-            return 0
+            return 0, 0
         until_id, cursor, before = row
         await cur.execute(
             "select id, provider, body from public.webhook_deliveries "
@@ -113,7 +125,7 @@ async def _facts(services: Services, limit: int) -> int:
         await cur.execute("update public.webhook_backfill set fact_cursor = %s, facts = facts + %s",
                           (cursor, recorded))
     json_log.log("info", "webhook backfill: facts recorded", recorded=recorded, up_to=cursor, until=until_id)
-    return recorded
+    return recorded, len(rows)
 
 
 async def _list_streams(services: Services) -> None:

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -109,16 +110,11 @@ async def replay(
     provider: str | None = None, outcomes: list[str] | None = None, limit: int = 10_000, dry_run: bool = False,
     on_result: Any = None,
 ) -> dict[str, Any]:
-    """Re-apply every delivery whose event (or receipt) time is in [since, until)."""
+    """Re-apply every delivery whose event (or receipt) time is in [since, until), `limit`
+    at most, read a page at a time (a window can hold thousands: one fetch of them all, with
+    their bodies, would hold the event loop for tens of milliseconds)."""
     report = Report()
-    rows = await services.db.fetch(
-        "select id, provider, body, outcome, event_type, dedupe_key from public.webhook_deliveries "
-        "where coalesce(event_at, received_at) >= %s and (%s::timestamptz is null or coalesce(event_at, received_at) < %s) "
-        "and (%s::text is null or provider = %s) and (%s::text[] is null or outcome = any(%s)) "
-        "order by coalesce(event_at, received_at), id limit %s",
-        (since, until, until, provider, provider, outcomes, outcomes, limit), service=True,
-    )
-    for row in rows:
+    async for row in _window(services, since, until, provider, outcomes, limit):
         if dry_run:
             report.processed += 1
             report.outcomes[row["outcome"]] = report.outcomes.get(row["outcome"], 0) + 1
@@ -131,6 +127,34 @@ async def replay(
     if not dry_run:
         await push_pending_tiers(services, report, limit=limit)
     return report.as_dict()
+
+
+#: deliveries read per query by `replay`
+REPLAY_PAGE = 200
+
+
+async def _window(services: Services, since: datetime, until: datetime | None, provider: str | None,
+                  outcomes: list[str] | None, limit: int) -> AsyncIterator[dict[str, Any]]:
+    """The deliveries of a replay window in event order, a page at a time (keyset paging)."""
+    after: tuple[Any, int] | None = None
+    left = limit
+    while left > 0:
+        rows = await services.db.fetch(
+            "select id, provider, body, outcome, event_type, dedupe_key, coalesce(event_at, received_at) as t "
+            "from public.webhook_deliveries "
+            "where coalesce(event_at, received_at) >= %s and (%s::timestamptz is null or coalesce(event_at, received_at) < %s) "
+            "and (%s::text is null or provider = %s) and (%s::text[] is null or outcome = any(%s)) "
+            "and (%s::timestamptz is null or (coalesce(event_at, received_at), id) > (%s, %s)) "
+            "order by coalesce(event_at, received_at), id limit %s",
+            (since, until, until, provider, provider, outcomes, outcomes,
+             after and after[0], after and after[0], after and after[1], min(left, REPLAY_PAGE)), service=True,
+        )
+        for row in rows:
+            yield row
+        if len(rows) < min(left, REPLAY_PAGE):
+            return
+        left -= len(rows)
+        after = (rows[-1]["t"], rows[-1]["id"])
 
 
 async def _one(services: Services, settings: WebhooksSettings, row: dict[str, Any], report: Report, *,

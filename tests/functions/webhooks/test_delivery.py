@@ -200,3 +200,29 @@ async def test_a_database_too_slow_for_the_deadline_is_503_then_the_retry_applie
     r = await hooks.revenuecat(body)
     assert r.status_code == 200 and r.json()["data"] == {**r.json()["data"], "outcome": "applied", "duplicate": False}
     assert await hooks.tier(user) == "paid"
+
+
+async def test_replay_reads_its_window_a_page_at_a_time_each_delivery_once_in_order(
+        hooks: Hooks, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from functions.webhooks import reconcile
+
+    # a window no other test writes in: events dated in 2001, two of them at the same instant
+    t0 = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(minutes=uuid.uuid4().int % 10**6)
+    user = await create_user(database_url)
+    times = [t0 + timedelta(seconds=s) for s in (0, 1, 2, 2, 3, 4, 5)]
+    ids = []
+    for at in times:
+        r = await hooks.revenuecat(rc("RENEWAL", user, at=at, expires=at + timedelta(days=30)))
+        ids.append(r.json()["data"]["delivery_id"])
+    monkeypatch.setattr(reconcile, "REPLAY_PAGE", 3)
+    window = {"since": t0, "until": t0 + timedelta(seconds=10), "provider": "revenuecat"}
+    seen: list[int] = []
+    report = await reconcile.replay(hooks.services, hooks.services.settings, **window,
+                                    on_result=lambda row, _: seen.append(row["id"]))
+    assert seen == sorted(ids) and report["processed"] == len(ids)  # pages of 3, a tie across no gap
+    seen.clear()
+    await reconcile.replay(hooks.services, hooks.services.settings, **window, limit=5,
+                           on_result=lambda row, _: seen.append(row["id"]))
+    assert seen == sorted(ids)[:5]
