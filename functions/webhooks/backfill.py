@@ -6,16 +6,16 @@ cannot see them: a refund of such a charge would wait forever, and the first new
 an older subscription would re-fold it from the new events alone. So, in two phases:
 
 1. facts: the stored bodies, oldest first, up to `FACT_BATCH` per run (`FACT_PAGE` per
-   transaction, for at most `FOLD_SECONDS`), are parsed as a live
-   delivery is, and each one's fact, stream, keys and waits recorded (nothing is applied;
-   an event that folds into nothing, or no longer parses, is passed over; a fact a retry
-   recorded meanwhile is kept). Until this phase ends, a live delivery folds with the
-   facts recorded so far.
-2. folds: then every stream a delivery given its fact in phase 1 belongs to, or joins (a refund: its charge's
-   stream; a TRANSFER: the purchases of the users it moves from), is listed once and
-   re-folded through its newest delivery, exactly as `edgefn webhooks replay` would, for at
-   most `FOLD_SECONDS` per run. A stream is claimed before its fold and marked folded only
-   when the fold succeeded; one whose fold fails is tried again next run, `MAX_TRIES` times.
+   transaction, for at most `STEP_SECONDS`), are parsed as a live delivery is, and each
+   one's fact, stream, keys and waits recorded (nothing is applied; an event that folds
+   into nothing, or no longer parses, is passed over; a fact a retry recorded meanwhile is
+   kept). Until this phase ends, a live delivery folds with the facts recorded so far.
+2. folds: then every stream a delivery given its fact in phase 1 belongs to, or joins (a
+   refund: its charge's stream; a TRANSFER: the purchases of the users it moves from), is
+   listed once and re-folded through its newest delivery, exactly as `edgefn webhooks
+   replay` would, for at most `STEP_SECONDS` per run. A stream is claimed before its fold
+   and marked folded only when the fold succeeded; one whose fold fails is tried again next
+   run, `MAX_TRIES` times.
 
 Two runs at once never take the same batch (the progress row's lock, the streams' claims),
 and a run that dies part way loses nothing: the next one goes on from what was recorded.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.observability import json_log
 
@@ -39,7 +39,7 @@ FACT_BATCH = 500
 #: phase 1: bodies read and parsed per transaction
 FACT_PAGE = 50
 #: time one run spends in either phase (the scheduled invocation has 10 s in all)
-FOLD_SECONDS = 3.0
+STEP_SECONDS = 3.0
 #: phase 2: attempts per stream before it is left to its next event or a replay
 MAX_TRIES = 5
 #: phase 2: how long a claimed stream is another run's
@@ -64,7 +64,7 @@ async def step(services: Services, settings: WebhooksSettings, *, limit: int = 2
         return progress
     if state[0]["fact_cursor"] < state[0]["until_id"]:
         # a page per transaction, so no callback of the event loop parses more than a page
-        budget, deadline = min(FACT_BATCH, 5 * max(1, limit)), time.monotonic() + FOLD_SECONDS
+        budget, deadline = min(FACT_BATCH, 5 * max(1, limit)), time.monotonic() + STEP_SECONDS
         while budget > 0 and time.monotonic() < deadline:
             page = min(FACT_PAGE, budget)
             recorded, read = await _facts(services, page)
@@ -156,9 +156,7 @@ async def _list_streams(services: Services) -> None:
 
 
 async def _folds(services: Services, settings: WebhooksSettings, limit: int, progress: Progress) -> None:
-    from functions.webhooks.reconcile import reprocess
-
-    deadline = time.monotonic() + FOLD_SECONDS
+    deadline = time.monotonic() + STEP_SECONDS
     todo = await services.db.fetch(
         "select provider, stream from public.webhook_backfill_streams "
         "where folded_at is null and tries < %s and (claimed_until is null or claimed_until < now()) "
@@ -174,7 +172,7 @@ async def _folds(services: Services, settings: WebhooksSettings, limit: int, pro
             (t["provider"], t["stream"]), service=True)
         if not claimed:  # another run's
             continue
-        error = await _fold(services, settings, reprocess, t["provider"], t["stream"])
+        error = await _fold(services, settings, t["provider"], t["stream"])
         await services.db.fetch(
             "update public.webhook_backfill_streams set claimed_until = null, last_error = %s, "
             "folded_at = case when %s::text is null then now() end where provider = %s and stream = %s",
@@ -195,9 +193,10 @@ async def _folds(services: Services, settings: WebhooksSettings, limit: int, pro
         json_log.log("info", "webhook backfill: done")
 
 
-async def _fold(services: Services, settings: WebhooksSettings, reprocess: Any, provider: str,
-                stream: str) -> str | None:
+async def _fold(services: Services, settings: WebhooksSettings, provider: str, stream: str) -> str | None:
     """Re-fold one stream through its newest delivery; None, or why it did not fold."""
+    from functions.webhooks.reconcile import reprocess  # reconcile imports this module
+
     rows = await services.db.fetch(
         "select id, provider, body from public.webhook_deliveries where provider = %s and stream = %s "
         "order by id desc limit 1", (provider, stream), service=True)
