@@ -64,8 +64,8 @@ def records(rows: Sequence[Mapping[str, Any]]) -> Any:
     regular expression per element): a 500-row batch sent as twelve arrays (the
     orchestrator's FINISH shape plus a jsonb payload) holds the event loop for about 16 ms of
     CPU; as one JSON document, encoded by the json module's C encoder, about 4 ms
-    (`python -m bench.bulk_params`). Datetimes go as ISO 8601 with their offset, UUIDs and decimals as text;
-    the column list in the SQL gives each field its type."""
+    (`python -m bench.bulk_params`). Datetimes go as ISO 8601 with their offset, UUIDs and
+    decimals as text; the column list in the SQL gives each field its type."""
     from psycopg.types.json import Jsonb
 
     return Jsonb(list(rows), dumps=_dumps)

@@ -160,7 +160,8 @@ def _current(snap: dict[str, Any], products: set[str]) -> dict[str, Any] | None:
     named = [v for k, v in snap["products"].items() if k in products]
     if not named:
         return None
-    return max(named, key=lambda v: (v.get("period_end") is None, parse_dt(v.get("period_end")) or datetime.min.replace(tzinfo=UTC)))
+    never = datetime.min.replace(tzinfo=UTC)
+    return max(named, key=lambda v: (v.get("period_end") is None, parse_dt(v.get("period_end")) or never))
 
 
 def with_truth(fact: dict[str, Any], remote: Any) -> None:
